@@ -1,0 +1,95 @@
+"""The `pipeline` command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from pipeline.errors import PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, sweep and rank image classifiers on Ray, tracked in MLflow.")
+# Wide enough for the leaderboard when the output is a file or a pipe.
+console = Console() if sys.stdout.isatty() else Console(width=200)
+
+SetOption = typer.Option(None, "--set", help="Override a spec field: --set train.epochs=1 (repeatable).")
+TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
+                                                          "or sqlite:///mlflow.db here).")
+
+
+@app.command()
+def validate(spec: str, set_: Optional[list[str]] = SetOption) -> None:
+    """Check an experiment spec without running it."""
+    from pipeline.config import load_spec
+
+    loaded = load_spec(spec, set_ or [])
+    console.print(f"[green]ok[/]: {loaded.name}: {len(loaded.models)} model(s) on {loaded.data.name}, "
+                  f"stages {' -> '.join(loaded.stages)}")
+
+
+@app.command()
+def run(spec: str, set_: Optional[list[str]] = SetOption,
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs.")) -> None:
+    """Run an experiment spec: its stages in order, tracked in MLflow."""
+    from pipeline import workflow
+    from pipeline.config import load_spec
+
+    loaded = load_spec(spec, set_ or [])
+    context = workflow.run(loaded, console, verbose)
+    if context.failures:
+        raise PipelineError(f"{len(context.failures)} model(s) failed: {', '.join(context.failures)} "
+                            f"(see the runs' 'error' tag in MLflow, or rerun with --verbose)")
+
+
+@app.command()
+def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", "-e", help="MLflow experiment."),
+                fmt: str = typer.Option("table", "--format", "-f", help="table, markdown or csv."),
+                tracking_uri: Optional[str] = TrackingOption) -> None:
+    """The best run per model, ranked by test top-1 error."""
+    from pipeline import leaderboard as board
+    from pipeline.tracking import resolve_uri
+
+    if fmt not in board.FORMATS:
+        raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(board.FORMATS)}")
+    board.show(board.build(resolve_uri(tracking_uri), experiment), fmt, console)
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "127.0.0.1",
+       tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Serve the MLflow UI for the same tracking store."""
+    from pipeline.tracking import resolve_uri, sqlite_path
+
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"The tracking store is a server: open {uri}")
+        return
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+               "--port", str(port), "--workers", "1"]
+    if (db := sqlite_path(uri)) is not None:
+        command += ["--default-artifact-root", (db.parent / "mlartifacts").as_uri()]
+    console.print(f"MLflow UI: http://{host}:{port}  (store {uri}; Ctrl-C stops it)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        subprocess.run(command, env=env, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[bold red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

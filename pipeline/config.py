@@ -1,0 +1,230 @@
+"""The experiment spec: one YAML file, validated strictly (unknown keys, wrong types, unknown names)."""
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.data.catalog import DATASETS
+from pipeline.errors import PipelineError
+
+StageName = Literal["train", "leaderboard"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    name: str = "fashion_mnist"
+    path: str | None = None  # local files (IDX folder, imagefolder, parquet shards) or a hub id
+    image_column: str | None = None
+    label_column: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int | None = Field(None, ge=8)  # resize to this size (default: the data set's own)
+    in_chans: int | None = Field(None, ge=1, le=3)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # carved from the training set, seeded
+    limit_train: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
+    augment: bool = True
+    max_shift: int = Field(2, ge=0)  # random translation in pixels
+    streaming: bool | None = None  # default: the data set's own (ImageNet streams)
+    synthetic_size: int = Field(2000, ge=10)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown data set '{name}'{_did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _source_given(self):
+        if self.name == "huggingface" and not self.path:
+            raise ValueError("data set 'huggingface' needs data.path: a hub id or a local folder")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)  # per worker
+    optimizer: str = "adamw"  # any timm.optim name
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, le=1)
+    scheduler: str = "cosine"  # any timm.scheduler name
+    warmup_epochs: int = Field(1, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    channels_last: bool | None = None  # default: on GPU
+    seed: int = 0
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        known = _timm_optimizers()
+        if name.lower() not in known:
+            raise ValueError(f"unknown optimizer '{name}'{_did_you_mean(name, known)}")
+        return name.lower()
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        known = ["cosine", "tanh", "step", "multistep", "plateau", "poly", "none"]
+        if name not in known:
+            raise ValueError(f"unknown scheduler '{name}'; known: {', '.join(known)}")
+        return name
+
+
+class ModelEntry(Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # extra arguments of timm.create_model
+    train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        known = registered_models()
+        if name not in known:
+            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, known)} "
+                             f"(`pipeline models` lists the zoo; any timm model name works)")
+        return name
+
+
+class ResourcesConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    threads_per_worker: int | None = Field(None, ge=1)  # torch CPU threads; default: cpus_per_worker
+    max_failures: int = Field(2, ge=0)  # worker restarts from the latest checkpoint
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
+    experiment: str | None = None  # default: the data set's name
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[ModelEntry] = Field(min_length=1)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage_path: str = ".pipeline/checkpoints"  # Ray checkpoints: a local path, shared file system or s3://
+    stages: list[StageName] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_as_entries(cls, models):
+        if isinstance(models, list):
+            return [{"name": m} if isinstance(m, str) else m for m in models]
+        return models
+
+    @model_validator(mode="after")
+    def _overrides_valid(self):
+        for entry in self.models:
+            self.train_config(entry)
+        return self
+
+    def train_config(self, entry: ModelEntry) -> TrainConfig:
+        """The train section with the model's own overrides applied."""
+        try:
+            return TrainConfig.model_validate({**self.train.model_dump(), **entry.train})
+        except ValidationError as exc:
+            raise ValueError(f"models[{entry.name}].train: {_first_error(exc)}") from None
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.data.name.replace("_", "-")
+
+
+@lru_cache(maxsize=1)
+def registered_models() -> frozenset[str]:
+    import timm
+
+    import models  # noqa: F401  (registers the zoo in timm's registry)
+
+    return frozenset(timm.list_models())
+
+
+@lru_cache(maxsize=1)
+def _timm_optimizers() -> list[str]:
+    from timm.optim import list_optimizers
+
+    return list(list_optimizers())
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{where}': remove it or check its spelling"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("value_error", "assertion_error"):
+        return f"{where}: {message}" if where else message
+    return f"{where}: {message} (got {error.get('input')!r})"
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Apply one `a.b.c=value` override; list items are addressed by index (models.0.name)."""
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+
+
+def parse_spec(tree: Any, source: str = "spec", overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    if not isinstance(tree, dict):
+        raise PipelineError(f"{source}: an experiment spec must be a YAML mapping (name:, data:, models:, ...)")
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise PipelineError(f"override '{override}' is not KEY=VALUE: write e.g. --set train.epochs=1")
+        try:
+            _set_path(tree, key.strip(), yaml.safe_load(raw))
+        except (ValueError, IndexError, TypeError, AttributeError):
+            raise PipelineError(f"override '{override}': '{key}' does not name a field of the spec") from None
+    try:
+        return Spec.model_validate(tree)
+    except ValidationError as exc:
+        raise PipelineError(f"{source}: {_first_error(exc)}") from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"spec file {path} not found: give the path of an experiment YAML (see experiments/)")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PipelineError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_spec(tree, str(path), overrides)

@@ -1,0 +1,56 @@
+"""Data sets: named ones from the catalog, loaded as uint8 tensors split into train / validation / test."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.data.catalog import DATASETS, DatasetInfo
+from pipeline.data.tensors import ImageTensors
+
+
+@dataclass
+class Splits:
+    train: ImageTensors
+    val: ImageTensors
+    test: ImageTensors
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def dataset_info(config) -> DatasetInfo:
+    return DATASETS[config.name]
+
+
+def is_streaming(config) -> bool:
+    return config.streaming if config.streaming is not None else dataset_info(config).streaming
+
+
+def _load_split(config, split: str) -> ImageTensors:
+    info = dataset_info(config)
+    if info.source == "idx":
+        from pipeline.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(split, config.path)
+    if info.source == "synthetic":
+        from pipeline.data.synthetic import make_synthetic
+
+        size = config.synthetic_size if split == "train" else max(10, config.synthetic_size // 5)
+        return make_synthetic(size, image_size=config.image_size or info.image_size,
+                              in_chans=config.in_chans or info.in_chans, seed=config.seed + (split != "train"))
+    from pipeline.data.huggingface import load_image_tensors
+
+    in_chans = config.in_chans or info.in_chans or 3
+    return load_image_tensors(
+        config.path or info.hub_id, config.train_split if split == "train" else config.test_split,
+        config.image_column or info.image_column, config.label_column or info.label_column, in_chans,
+        config.image_size or info.image_size or 32, info.mean or (0.5,) * in_chans, info.std or (0.25,) * in_chans,
+        info.hflip, list(info.classes) or None)
+
+
+def load_splits(config) -> Splits:
+    """Train and validation (a seeded split of the training set) and the test set, held apart."""
+    train_full = _load_split(config, "train")
+    test = _load_split(config, "test").head(config.limit_test)
+    train, val = train_full.split(config.val_fraction, config.seed)
+    return Splits(train.head(config.limit_train), val, test)
