@@ -1,3 +1,3 @@
 """The model zoo: importing this package registers every family in timm's registry."""
 from . import attention  # noqa: F401  (building blocks, no registered models)
-from . import hvt, lenet, resnet, vit  # noqa: F401
+from . import alexnet, googlenet, hvt, lenet, nin, resnet, squeezenet, vgg, vit  # noqa: F401
