@@ -1,6 +1,7 @@
 """The `pipeline` command."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -39,6 +40,9 @@ def run(spec: str, set_: Optional[list[str]] = SetOption,
     from pipeline.config import load_spec
 
     loaded = load_spec(spec, set_ or [])
+    if not verbose:
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     context = workflow.run(loaded, console, verbose)
     if context.failures:
         raise PipelineError(f"{len(context.failures)} model(s) failed: {', '.join(context.failures)} "
@@ -78,6 +82,17 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
         subprocess.run(command, env=env, check=False)
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def benchmark(model: str = "resnet20", data: str = typer.Option("fashion_mnist", help="A named data set."),
+              batch_size: int = 128, steps: int = typer.Option(40, help="Training steps per epoch."),
+              epochs: int = typer.Option(3, min=2, help="Epochs; the first is warm-up."),
+              threads: int = typer.Option(1, min=1, help="CPU threads for both paths.")) -> None:
+    """Throughput of the Ray Train path against a plain PyTorch loop, and the fixed start-up cost."""
+    from pipeline.benchmark import run_benchmark
+
+    run_benchmark(model, data, batch_size, steps, epochs, threads, console)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -11,9 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.data.catalog import DATASETS
 from pipeline.errors import PipelineError
-
-StageName = Literal["train", "leaderboard"]
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -124,8 +122,9 @@ class Spec(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    storage_path: str = ".pipeline/checkpoints"  # Ray checkpoints: a local path, shared file system or s3://
-    stages: list[StageName] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
+    # Ray checkpoints: a local path, a shared file system or s3://; $PIPELINE_STORAGE_PATH on a cluster.
+    storage_path: str = Field(default_factory=lambda: os.environ.get("PIPELINE_STORAGE_PATH", ".pipeline/checkpoints"))
+    stages: list[str] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -133,6 +132,17 @@ class Spec(Strict):
         if isinstance(models, list):
             return [{"name": m} if isinstance(m, str) else m for m in models]
         return models
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, names: list[str]) -> list[str]:
+        from pipeline import stages
+
+        known = stages.available()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown stage '{name}'{_did_you_mean(name, known)}; known: {', '.join(known)}")
+        return names
 
     @model_validator(mode="after")
     def _overrides_valid(self):
@@ -190,6 +200,8 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node: Any = tree
     for part in parents:
         if isinstance(node, list):
+            if isinstance(node[int(part)], str):  # a model given by name only: models.0.train.lr=...
+                node[int(part)] = {"name": node[int(part)]}
             node = node[int(part)]
         else:
             node = node.setdefault(part, {})

@@ -18,6 +18,7 @@ class ProgressPrinter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._status = None
+        self.first_step_at: float | None = None  # wall-clock time of the first training step
 
     def __enter__(self):
         self._status = self.console.status("starting workers...")
@@ -50,7 +51,9 @@ class ProgressPrinter:
 
     def show(self, event: dict) -> None:
         model = event["model"]
-        if event["kind"] == "step":
+        if event["kind"] == "first_step":
+            self.first_step_at = event["time"]
+        elif event["kind"] == "step":
             self._status.update(
                 f"[bold]{model}[/] epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
                 f"loss {event['loss']:.4f}  {event['images_per_sec']:,.0f} img/s")
@@ -62,6 +65,8 @@ class ProgressPrinter:
                 f"top-1 {m.get('val_top1', float('nan')):.2f}% top-5 {m.get('val_top5', float('nan')):.2f}% | "
                 f"{m['train_samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
             self._status.update(f"[bold]{model}[/] next epoch...")
+        elif event["kind"] == "resumed":
+            self.console.print(f"[bold yellow]{model}[/] workers restarted: resuming after epoch {event['epoch']}")
         elif event["kind"] == "final":
             m = event["metrics"]
             self.console.print(f"[bold green]{model}[/] test: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% "

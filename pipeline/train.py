@@ -110,6 +110,11 @@ class EpochLog:
         if self.progress is not None:
             self.progress.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload})
 
+    def resumed(self, epoch: int) -> None:
+        if self.tracker:
+            self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(epoch))
+        self.event("resumed", epoch=epoch)
+
     def epoch(self, metrics: dict[str, float]) -> None:
         step = int(metrics["epoch"])
         if self.tracker and step not in self.logged:
@@ -191,7 +196,10 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
     model = build_model(config.model, config.num_classes, config.in_chans, **config.model_kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    # Models that drop whole branches in training (stochastic depth, FractalNet's drop-path) leave
+    # parameters without gradients in some steps; they say so with `has_unused_parameters`.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
+        "find_unused_parameters": bool(getattr(model, "has_unused_parameters", False))})
     optimizer = create_optimizer_v2(unwrap(model), opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
                                     momentum=hp.momentum)
     scheduler, _ = create_scheduler_v2(optimizer, sched=hp.scheduler, num_epochs=hp.epochs,
@@ -208,7 +216,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
     log = EpochLog(config) if rank == 0 else None
-    if log:
+    if log and state is not None:
+        log.resumed(start_epoch)
         for past in history:  # epochs a checkpoint holds but MLflow may have missed
             log.epoch(past)
 
@@ -244,6 +253,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
+            if log and step == 0 and epoch == start_epoch:
+                log.event("first_step", time=time.time())
             if log and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
                 log.event("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,

@@ -1,0 +1,98 @@
+"""The `train` stage: every model of the spec on Ray Train, one MLflow child run each."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Spec
+from pipeline.errors import PipelineError
+from pipeline.workflow import RunContext, stage
+
+
+def _log_model(tracker, run_id: str, checkpoint, meta: dict) -> None:
+    """The final weights and what it takes to rebuild the model, as artifacts of the run."""
+    import torch
+
+    from pipeline.train import STATE_FILE
+
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as out:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        torch.save(state["model"], Path(out) / "model.pt")
+        (Path(out) / "model.json").write_text(json.dumps(meta, indent=2))
+        tracker.log_artifact(run_id, Path(out) / "model.pt", "model")
+        tracker.log_artifact(run_id, Path(out) / "model.json", "model")
+
+
+@stage("train")
+def train_stage(context: RunContext) -> None:
+    """Train every model of the spec; one MLflow child run each."""
+    import ray
+
+    from models.catalogue import family_of
+    from pipeline.complexity import model_complexity
+    from pipeline.data import dataset_info
+    from pipeline.progress import ProgressPrinter
+    from pipeline.train import WorkerConfig, fit
+
+    spec, tracker = context.spec, context.tracker
+    info = dataset_info(spec.data)
+    data = context.data
+    in_chans = data.train.in_chans if data is not None else spec.data.in_chans or info.in_chans or 3
+    image_size = data.train.image_size if data is not None else spec.data.image_size or info.image_size or 224
+    splits_ref = ray.put(data) if data is not None else None
+    stream = {} if data is not None else _stream_args(spec, info, image_size)
+    classes = data.classes if data is not None else stream["classes"]
+    storage = str(Path(spec.storage_path).expanduser().resolve()) if "://" not in spec.storage_path else spec.storage_path
+    results = context.outputs.setdefault("train", {})
+
+    for entry in spec.models:
+        train = spec.train_config(entry)
+        complexity = model_complexity(entry.name, len(classes), in_chans, image_size, **entry.kwargs)
+        run_id = tracker.start_run(
+            context.experiment_id, entry.name, parent_id=context.parent_run_id,
+            params={"model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(),
+                    "data": spec.data.model_dump(), "resources": spec.resources.model_dump()},
+            tags={"model": entry.name, "family": family_of(entry.name), "dataset": spec.data.name,
+                  "stage": "train", "spec": spec.name},
+            metrics=complexity)
+        context.console.print(f"[bold]{entry.name}[/]: {complexity['param_count']:.3f} M params, "
+                              f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, run {run_id}")
+        with ProgressPrinter(context.console) as progress:
+            config = WorkerConfig(
+                model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(),
+                data=spec.data.model_dump(), num_classes=len(classes), in_chans=in_chans,
+                mean=data.train.mean if data is not None else info.mean,
+                std=data.train.std if data is not None else info.std,
+                hflip=data.train.hflip if data is not None else info.hflip, threads=spec.resources.threads,
+                splits_ref=splits_ref, stream=stream, run_id=run_id, tracking_uri=tracker.uri,
+                progress=progress.queue, label=entry.name)
+            result = fit(config, spec.resources, storage, f"{spec.name}-{entry.name}-{context.parent_run_id[:8]}")
+        if result.error is not None or result.checkpoint is None:
+            reason = str(result.error).strip().splitlines()[-1] if result.error else "no checkpoint"
+            context.console.print(f"[bold red]{entry.name} failed:[/] {reason}")
+            tracker.client.set_tag(run_id, "error", reason[:5000])
+            tracker.finish(run_id, "FAILED")
+            context.failures.append(entry.name)
+            continue
+        _log_model(tracker, run_id, result.checkpoint, {
+            "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(classes), "classes": classes,
+            "in_chans": in_chans, "image_size": image_size, "mean": list(config.mean), "std": list(config.std)})
+        tracker.finish(run_id)
+        results[entry.name] = {"run_id": run_id, "metrics": result.metrics}
+
+
+def _stream_args(spec: Spec, info, image_size: int) -> dict[str, Any]:
+    from pipeline.data.huggingface import count_rows, open_dataset
+
+    source = spec.data.path or info.hub_id
+    label_column = spec.data.label_column or info.label_column
+    features = open_dataset(source, spec.data.train_split, streaming=True).features or {}
+    names = getattr(features.get(label_column), "names", None)
+    if not (names or info.classes):
+        raise PipelineError(f"data set '{source}' has no class names on its label column '{label_column}': "
+                            "use a ClassLabel column")
+    return {"source": source, "train_split": spec.data.train_split, "test_split": spec.data.test_split,
+            "columns": (spec.data.image_column or info.image_column, label_column), "image_size": image_size,
+            "train_rows": count_rows(source, spec.data.train_split), "classes": list(names or info.classes)}

@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working folder: the embedded MLflow store and checkpoints land here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The `pipeline` command as a user runs it."""
+    full_env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster with 2 CPUs, shared by the tests that train."""
+    from pipeline.cluster import init_ray
+    import ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

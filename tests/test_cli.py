@@ -1,0 +1,64 @@
+"""The command as a user runs it: bad input ends in one line that names the problem, and writes nothing."""
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+GOOD = """name: t
+data: {name: synthetic}
+models: [lenet5]
+train: {epochs: 1}
+"""
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("name: t\nmodels: [lenet5\n", ["malformed YAML at line"]),
+    (GOOD + "epochs: 3\n", ["unknown key 'epochs'"]),
+    (GOOD.replace("epochs: 1", "epochs: one"), ["train.epochs", "valid integer"]),
+    (GOOD.replace("lenet5", "resnet_20"), ["unknown model 'resnet_20'", "did you mean", "resnet20"]),
+    (GOOD.replace("synthetic", "imagenet"), ["unknown data set 'imagenet'", "imagenet-1k"]),
+])
+def test_bad_specs(workdir, text, fragments):
+    (workdir / "spec.yaml").write_text(text)
+    for command in ("validate", "run"):
+        assert_one_line_error(run_cli(command, "spec.yaml", cwd=workdir), *fragments)
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_missing_data_files(workdir):
+    (workdir / "spec.yaml").write_text(GOOD.replace("synthetic", "fashion_mnist"))
+    result = run_cli("run", "spec.yaml", cwd=workdir, env={"FASHION_MNIST_DIR": str(workdir)})
+    assert_one_line_error(result, "train-images-idx3-ubyte.gz", "not found", "apt-get install dataset-fashion-mnist")
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server(workdir):
+    (workdir / "spec.yaml").write_text(GOOD)
+    result = run_cli("run", "spec.yaml", "--set", "tracking.uri=http://127.0.0.1:9", cwd=workdir)
+    assert_one_line_error(result, "tracking server http://127.0.0.1:9 is unreachable")
+    result = run_cli("run", "spec.yaml", cwd=workdir, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert_one_line_error(result, "unreachable")
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_missing_spec_file_and_bad_override(workdir):
+    assert_one_line_error(run_cli("run", "nope.yaml", cwd=workdir), "spec file nope.yaml not found")
+    (workdir / "spec.yaml").write_text(GOOD)
+    assert_one_line_error(run_cli("validate", "spec.yaml", "--set", "train.warp=9", cwd=workdir), "unknown key")
+
+
+def test_validate_and_leaderboard_messages(workdir):
+    result = run_cli("validate", str(ROOT / "experiments" / "quickstart.yaml"), cwd=workdir)
+    assert result.returncode == 0 and "ok" in result.stdout and "train -> leaderboard" in result.stdout
+    assert_one_line_error(run_cli("leaderboard", cwd=workdir), "no tracking store")
+    assert_one_line_error(run_cli("leaderboard", "--format", "xml", cwd=workdir), "unknown format 'xml'")

@@ -1,0 +1,104 @@
+"""End to end on a real local Ray cluster (2 training workers) and a real MLflow store."""
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from rich.console import Console
+
+from pipeline import leaderboard, workflow
+from pipeline.config import parse_spec
+
+
+def tiny_spec(workdir: Path, **train) -> dict:
+    return {"name": "tiny", "data": {"name": "synthetic", "synthetic_size": 600},
+            "models": ["lenet5", {"name": "resnet20", "train": {"lr": 0.01}}],
+            "train": {"epochs": 1, "batch_size": 32, **train},
+            "resources": {"num_workers": 2}, "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"},
+            "storage_path": str(workdir / "checkpoints")}
+
+
+def child_runs(client, context):
+    runs = client.search_runs([context.experiment_id], f"tags.mlflow.parentRunId = '{context.parent_run_id}'")
+    return {run.data.tags["model"]: run for run in runs}
+
+
+def test_spec_runs_end_to_end(ray_cluster, workdir):
+    spec = parse_spec(tiny_spec(workdir))
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    assert not context.failures
+    client = MlflowClient(spec.tracking.uri)
+    runs = child_runs(client, context)
+    assert set(runs) == {"lenet5", "resnet20"}
+    board = leaderboard.build(spec.tracking.uri, spec.experiment_name)
+    assert sorted(r["model"] for r in board.rows) == ["lenet5", "resnet20"]
+    assert [r["top1_err"] for r in board.rows] == sorted(r["top1_err"] for r in board.rows)
+    for model, run in runs.items():
+        reported = context.outputs["train"][model]["metrics"]  # what the workers reported to Ray Train
+        logged = run.data.metrics
+        assert run.info.status == "FINISHED"
+        for key in ("top1", "top1_err", "top5_err", "val_loss", "val_top1", "train_loss", "train_samples_per_sec"):
+            assert logged[key] == pytest.approx(reported[key]), key
+        assert logged["top1"] > 10  # above chance on 10 classes after one epoch
+        assert logged["param_count"] > 0 and logged["gmacs"] > 0
+        assert run.data.params["train.epochs"] == "1" and run.data.params["model"] == model
+        assert run.data.tags["family"] and run.data.tags["dataset"] == "synthetic"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        assert artifacts == {"model/model.pt", "model/model.json"}
+    weights = torch.load(client.download_artifacts(runs["lenet5"].info.run_id, "model/model.pt", str(workdir)))
+    assert any(k.endswith("weight") for k in weights)
+    parent = client.get_run(context.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(context.parent_run_id)} >= {"spec.yaml", "leaderboard.csv"}
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_killed_worker_resumes_from_checkpoint_and_logs_each_epoch_once(ray_cluster, workdir):
+    tree = tiny_spec(workdir, epochs=4)
+    tree["data"]["synthetic_size"] = 3000
+    tree["models"] = [{"name": "resnet20", "train": {"lr": 0.01}}]
+    tree["stages"] = ["train"]
+    spec = parse_spec(tree)
+    client = MlflowClient(spec.tracking.uri)
+    killed = []
+
+    def kill_a_worker_after_the_first_epoch():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            experiment = client.get_experiment_by_name("synthetic")
+            runs = client.search_runs([experiment.experiment_id], "tags.model = 'resnet20'") if experiment else []
+            for run in runs:
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+                if 1 in steps and 4 not in steps and (pids := _train_worker_pids()):
+                    os.kill(pids[-1], signal.SIGKILL)
+                    killed.append(max(steps))
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_epoch, daemon=True)
+    killer.start()
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    killer.join(timeout=5)
+    assert killed, "no worker was killed mid-run"
+    assert not context.failures
+    run = child_runs(client, context)["resnet20"]
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags["resumed_from_epoch"]) >= 1  # restarted from a checkpoint, not from scratch
+    for key in ("epoch", "val_loss", "train_loss"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3, 4], key
+    assert "top1" in run.data.metrics
