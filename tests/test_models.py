@@ -1,5 +1,6 @@
 """Model zoo: registration, timm API, parameter counts against references, training behaviours."""
 import math
+import random
 
 import pytest
 import timm
@@ -7,6 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import models  # noqa: F401  (registers the zoo)
+from models import FAMILIES, family_of, small_image_models
+from models.densenet import DenseNet
+from models.googlenet import GoogLeNetOutputs, googlenet_loss
+from models.vgg import VGG
 from models.attention import (MultiHeadAttention, SinusoidalPositionalEncoding, causal_mask,
                               scaled_dot_product_attention, sinusoidal_encoding)
 
@@ -27,6 +32,17 @@ REFERENCE_PARAMS = {
     'resnet50': 25_557_032,
     'vit_base_patch16_224': 86_567_656,
     'densenet121': 7_978_856,
+    'squeezenet1_0': 1_248_424,  # torchvision
+    'squeezenet1_1': 1_235_496,
+    'alexnet2012': 62_378_344,  # 2012 layout by hand: convs 3.75M + FC 58.6M
+    'zfnet': 62_357_608,  # AlexNet's count with a 7x7x3x96 first conv instead of 11x11x3x96
+    'vit_tiny_patch16_224': 5_717_416,
+    'vit_small_patch16_224': 22_050_664,
+    'vit_large_patch16_224': 304_326_632,
+    'inception_v4': 42_679_816,
+    'inception_resnet_v2': 55_843_464,
+    'seresnet50': 28_088_024,
+    'resnext50_32x4d': 25_028_904,
     # same layout as timm's resnet152: stochastic depth adds no parameters
     'resnet152_sd': 60_192_808,
 }
@@ -41,12 +57,43 @@ CIFAR_PARAMS = {  # 10 classes; by hand from the papers' layouts (He et al. Tabl
     'plain20': 269_722,  # option A shortcuts have no parameters
     'wrn28_10': 36_479_194,  # 36.5M in Zagoruyko & Komodakis
     'wrn40_4': 8_949_210,  # 8.9M
+    'squeezenet1_1_cifar': 727_626,
 }
 
 APPROX_CIFAR_PARAMS = {  # (reference, relative tolerance): the papers give rounded counts
     'preact_resnet164': (1.7e6, 0.02),
     'resnext29_8x64d': (34.4e6, 0.01),
+    'densenet_bc_100_12': (0.8e6, 0.05),  # Huang et al. Table 2
+    'densenet_bc_250_24': (15.3e6, 0.01),
+    'densenet_bc_190_40': (25.6e6, 0.01),
 }
+
+
+def test_alexnet_two_gpu_split():
+    # conv2, conv4, conv5 only see their own GPU's half: the famous 60,965,224
+    assert n_params(meta_model('alexnet2012', groups=2)) == 60_965_224
+
+
+def test_own_classes_match_references_at_imagenet_layout():
+    with torch.device('meta'):
+        assert n_params(VGG(16, pool_size=7, fc_dim=4096, ceil_mode=False)) == 138_357_544
+        assert n_params(VGG(19, batch_norm=True, pool_size=7, fc_dim=4096, ceil_mode=False)) == 143_678_248
+        assert n_params(DenseNet((6, 12, 24, 16), 32, stem='imagenet')) == 7_978_856
+
+
+def test_googlenet_params_match_paper_table():
+    # Table 1 of Szegedy et al. lists weights (no biases) per layer, K = 1024, 6,797.7K in total;
+    # a few of its rows disagree with its own filter numbers (4c, 5a), hence the 1% tolerance
+    model = meta_model('googlenet_v1', aux_logits=False)
+
+    def weights(module):
+        return sum(p.numel() for name, p in module.named_parameters() if name.endswith('weight'))
+
+    assert weights(model) == pytest.approx(6_797.7 * 1024, rel=0.01)
+    # inception 3a from its filter numbers: 192x64 + 192x96 + 96x128x9 + 192x16 + 16x32x25 + 192x32
+    assert weights(model.blocks[0]) == 163_328
+    naive = meta_model('googlenet_v1', aux_logits=False, inception='naive')
+    assert n_params(naive) > 10 * n_params(model)  # why the 1x1 reductions exist
 
 
 @pytest.mark.parametrize('name,expected', REFERENCE_PARAMS.items())
@@ -67,7 +114,16 @@ def test_approx_param_counts(name, ref):
 
 # ---- forward at native ImageNet size, on the meta device (shapes only, no compute) ----
 IMAGENET_MODELS = {
+    'alexnet2012': 227,
+    'zfnet': 224,
+    'nin': 224,
+    'googlenet_v1': 224,
+    'squeezenet1_0': 224,
+    'squeezenet1_1': 224,
+    'fractalnet34': 224,
     'resnet152_sd': 224,
+    'vit_base_patch16_224': 224,
+    'inception_v4': 299,
     'hvt_tiny_1_patch16_224': 224,
     'hvt_small_4_patch16_224': 224,
 }
@@ -81,9 +137,12 @@ def test_imagenet_forward_shape(name, size):
 
 
 # ---- timm API on the small variants, Fashion-MNIST (28x28x1) and CIFAR (32x32x3) ----
+# one cheap representative per distinct code path (the rest share their class and layouts)
 SMALL_MODELS = [
-    'lenet5', 'resnet20', 'plain20', 'resnet110_sd', 'preact_resnet110', 'preact_resnet164', 'wrn40_4',
-    'resnext29_8x64d', 'se_resnet20', 'vit_tiny_patch4_32', 'hvt_tiny_patch4_32',
+    'lenet5', 'alexnet2012_cifar', 'zfnet_cifar', 'vgg11_bn_cifar', 'nin_cifar', 'googlenet_v1_cifar', 'resnet20',
+    'plain20', 'resnet110_sd', 'preact_resnet110', 'preact_resnet164', 'wrn40_4', 'resnext29_8x64d', 'se_resnet20',
+    'fractalnet20_cifar', 'densenet_bc_100_12', 'squeezenet1_0_cifar', 'squeezenet1_1_cifar',
+    'vit_tiny_patch4_32', 'hvt_tiny_patch4_32',
 ]
 
 
@@ -92,17 +151,18 @@ SMALL_MODELS = [
 def test_small_model_timm_api(name, size, chans):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, in_chans=chans).eval()
-    x = torch.randn(2, chans, size, size)
+    x = torch.randn(1, chans, size, size)
     with torch.no_grad():
         feats = model.forward_features(x)
-        pre = model.forward_head(feats, pre_logits=True)
         logits = model.forward_head(feats)
-        assert logits.shape == (2, 10)
-        assert torch.allclose(model(x), logits)
-        assert pre.shape == (2, model.num_features) or pre.shape == (2, model.head_hidden_size)
+        assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+        assert torch.allclose(model(x), logits, atol=1e-5)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (1, model.head_hidden_size)
+        assert model.num_features == feats.shape[1 if feats.ndim == 4 else -1]
         model.reset_classifier(5)
-        assert model(x).shape == (2, 5)
-        assert torch.isfinite(model(x)).all()
+        assert model.forward_head(feats).shape == (1, 5)
+        assert torch.allclose(model.forward_head(feats, pre_logits=True), pre)
 
 
 def test_small_model_trains_one_step():
@@ -220,3 +280,107 @@ def test_hvt_pools_tokens_without_class_token():
     tiny = timm.create_model('hvt_tiny_1_patch16_224')
     assert not any('cls' in name for name, _ in tiny.named_parameters())
     assert tiny.pool_at == {6}
+
+
+# ---- GoogLeNet auxiliary classifiers ----
+def test_googlenet_aux_heads_in_train_only():
+    torch.manual_seed(0)
+    model = timm.create_model('googlenet_v1_cifar', num_classes=10, in_chans=1)
+    assert model.aux_loss_weight == 0.3
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    out = model.train()(x)
+    assert isinstance(out, GoogLeNetOutputs) and all(o.shape == (2, 10) for o in out)
+    loss = googlenet_loss(out, y, model.aux_loss_weight)
+    expected = F.cross_entropy(out.logits, y) + 0.3 * (F.cross_entropy(out.aux1, y) + F.cross_entropy(out.aux2, y))
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert model.aux[0].fc2.weight.grad is not None  # the aux heads are trained
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 10)
+    assert torch.allclose(googlenet_loss(logits, y), F.cross_entropy(logits, y))
+    model.reset_classifier(4)
+    assert all(o.shape == (2, 4) for o in model.train()(x))
+    no_aux = timm.create_model('googlenet_v1_cifar', num_classes=10, aux_logits=False).train()
+    assert isinstance(no_aux(torch.randn(2, 3, 32, 32)), torch.Tensor)
+
+
+# ---- FractalNet drop-path ----
+def test_fractal_block_structure():
+    model = timm.create_model('fractalnet20_cifar', num_classes=10)
+    block = model.blocks[0]
+    assert [len(c) for c in block.columns] == [1, 2, 4]
+    assert sum(b.depth for b in model.blocks) == 20  # convs on the deepest path
+    assert sum(len(c) for c in meta_model('fractalnet40_cifar').blocks[0].columns) == 15
+
+
+def test_fractalnet_global_drop_path_is_one_column():
+    torch.manual_seed(0)
+    model = timm.create_model('fractalnet20_cifar', num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for col in range(3):
+            y = x
+            for block, pool in zip(model.blocks, model.pools):
+                for unit in block.columns[col]:
+                    y = unit(y)
+                y = pool(y)
+            assert torch.allclose(model.forward_features(x, drop=('global', col)), y)
+        full = model.forward_features(x)
+        assert not torch.allclose(full, model.forward_features(x, drop=('global', 0)))
+
+
+def test_fractalnet_local_drop_path_keeps_at_least_one():
+    block = timm.create_model('fractalnet20_cifar', num_classes=10).blocks[0]
+    outs = [torch.full((1,), float(v)) for v in (1, 2, 3)]
+    random.seed(0)
+    means = [block._join(outs, ('local', 1.0)).item() for _ in range(30)]  # all dropped: one survives
+    assert set(means) <= {1.0, 2.0, 3.0} and len(set(means)) > 1
+    assert block._join(outs, ('local', 0.0)).item() == 2.0
+    assert block._join(outs, None).item() == 2.0
+    random.seed(0)
+    kept = [block._join(outs, ('local', 0.15)).item() for _ in range(200)]
+    assert sum(m != 2.0 for m in kept) > 20  # some inputs get dropped at p = 0.15
+
+
+def test_fractalnet_samples_drop_mode_per_batch_in_train_only():
+    model = timm.create_model('fractalnet20_cifar', num_classes=10)
+    random.seed(0)
+    modes = [model.sample_drop_path()[0] for _ in range(400)]
+    assert 150 < modes.count('global') < 250
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # no drop-path at test time
+
+
+# ---- catalogue ----
+def test_catalogue_names_are_registered():
+    names = [m for f in FAMILIES for m in f.imagenet_models + f.small_models]
+    assert len(names) == len(set(names))
+    assert all(timm.is_model(m) for m in names)
+    assert set(small_image_models()) == {m for f in FAMILIES for m in f.small_models}
+    assert 'lenet5' in small_image_models() and 'resnet50' not in small_image_models()
+
+
+def test_catalogue_lecture_numbers():
+    err = {f.name: f.ilsvrc_top5_err for f in FAMILIES}
+    assert err['AlexNet'] == 16.4 and err['ZFNet'] == 11.7 and err['VGG'] == 7.3
+    assert err['GoogLeNet'] == 6.7 and err['ResNet'] == 3.57 and err['SENet'] == 2.251
+
+
+@pytest.mark.parametrize('name,family', [
+    ('resnet50', 'ResNet'), ('resnet20', 'ResNet'), ('vit_base_patch16_224', 'ViT'),
+    ('vit_base_patch16_224.augreg_in21k', 'ViT'), ('seresnext101_32x4d', 'SENet'), ('resnetv2_50', 'Pre-activation ResNet'),
+    ('wide_resnet101_2', 'Wide ResNet'), ('hvt_tiny_patch4_32', 'HVT'), ('efficientnet_b0', 'efficientnet'),
+    ('not_a_model', 'other'),
+])
+def test_family_of(name, family):
+    assert family_of(name) == family
+
+
+@pytest.mark.parametrize('name', sorted(small_image_models()))
+def test_every_small_model_builds_for_fashion_mnist(name):
+    model = meta_model(name, num_classes=10, in_chans=1).eval()
+    assert model(torch.empty(2, 1, 28, 28, device='meta')).shape == (2, 10)
