@@ -168,7 +168,7 @@ def test_small_model_timm_api(name, size, chans):
 def test_small_model_trains_one_step():
     model = timm.create_model('resnet20', num_classes=10, in_chans=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     before = [p.detach().clone() for p in model.parameters()]
     F.cross_entropy(model(x), y).backward()
     opt.step()
@@ -218,15 +218,16 @@ def test_stochastic_depth_survival_linear_to_half():
 def test_stochastic_depth_drops_whole_branch_per_batch_and_scales_at_test():
     model = timm.create_model('resnet110_sd', num_classes=10)
     block = model.stages[2][-1]  # survival 0.5
-    x = torch.randn(4, 64, 8, 8).abs()
+    x = torch.randn(1, 64, 4, 4).abs()
     calls = []
     block.branch.register_forward_hook(lambda m, i, o: calls.append(o.detach()))
     block.train()
     torch.manual_seed(0)
-    outs = [block(x) for _ in range(200)]
+    with torch.no_grad():
+        outs = [block(x) for _ in range(100)]
     dropped = [torch.allclose(o, F.relu(x)) for o in outs]
-    assert 60 < sum(dropped) < 140  # about half the mini-batches skip the branch
-    assert len(calls) == 200 - sum(dropped)  # a dropped branch is not even computed
+    assert 25 < sum(dropped) < 75  # about half the mini-batches skip the branch
+    assert len(calls) == 100 - sum(dropped)  # a dropped branch is not even computed
     block.eval()
     calls.clear()
     with torch.no_grad():
@@ -287,7 +288,7 @@ def test_googlenet_aux_heads_in_train_only():
     torch.manual_seed(0)
     model = timm.create_model('googlenet_v1_cifar', num_classes=10, in_chans=1)
     assert model.aux_loss_weight == 0.3
-    x, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    x, y = torch.randn(2, 1, 16, 16), torch.tensor([1, 2])  # small input: the CIFAR stem does not downsample
     out = model.train()(x)
     assert isinstance(out, GoogLeNetOutputs) and all(o.shape == (2, 10) for o in out)
     loss = googlenet_loss(out, y, model.aux_loss_weight)
@@ -303,7 +304,7 @@ def test_googlenet_aux_heads_in_train_only():
     model.reset_classifier(4)
     assert all(o.shape == (2, 4) for o in model.train()(x))
     no_aux = timm.create_model('googlenet_v1_cifar', num_classes=10, aux_logits=False).train()
-    assert isinstance(no_aux(torch.randn(2, 3, 32, 32)), torch.Tensor)
+    assert isinstance(no_aux(torch.randn(2, 3, 16, 16)), torch.Tensor)
 
 
 # ---- FractalNet drop-path ----
@@ -318,7 +319,7 @@ def test_fractal_block_structure():
 def test_fractalnet_global_drop_path_is_one_column():
     torch.manual_seed(0)
     model = timm.create_model('fractalnet20_cifar', num_classes=10).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(1, 3, 8, 8)  # ceil-mode pooling takes 8 px to 1 px as it does 32 px
     with torch.no_grad():
         for col in range(3):
             y = x
@@ -349,7 +350,7 @@ def test_fractalnet_samples_drop_mode_per_batch_in_train_only():
     random.seed(0)
     modes = [model.sample_drop_path()[0] for _ in range(400)]
     assert 150 < modes.count('global') < 250
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(1, 3, 8, 8)
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), model(x))  # no drop-path at test time
