@@ -68,6 +68,8 @@ class FractalNet(nn.Module):
         self.num_classes = num_classes
         self.num_columns = num_columns
         self.local_drop_prob, self.global_drop_ratio = local_drop_prob, global_drop_ratio
+        # Dropped paths leave parameters without gradients: data-parallel training must allow it.
+        self.has_unused_parameters = local_drop_prob > 0 or global_drop_ratio > 0
         if stem == 'imagenet':
             self.stem = nn.Sequential(nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
                                       nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))

@@ -124,6 +124,8 @@ class ResNet(nn.Module):
                  final_survival_prob=1.0, num_classes=1000, in_chans=3, global_pool='avg', drop_rate=0.0):
         super().__init__()
         self.num_classes = num_classes
+        # Dropped blocks leave parameters without gradients: data-parallel training must allow it.
+        self.has_unused_parameters = final_survival_prob < 1
         if stem == 'cifar':
             self.stem = nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False)
             if not preact:

@@ -20,6 +20,7 @@ import torch.nn as nn
 from pipeline.data.augment import Augment
 
 STATE_FILE = "state.pt"
+TEST_PROBS = "test_probs"  # softmax outputs on the test set, float16 (N, classes), in data-set order
 
 
 @dataclass
@@ -72,13 +73,19 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, augment: Augment, criterion, device, autocast) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy over every worker's shard, summed across workers."""
+def evaluate(model: nn.Module, batches, augment: Augment, criterion, device, autocast,
+             probabilities: list | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy over every worker's shard, summed across workers.
+
+    With `probabilities` given, this worker's softmax outputs are appended to it, batch by batch.
+    """
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     for images, labels in batches:
         with autocast():
             logits = model(augment.eval(images)).float()
+        if probabilities is not None:
+            probabilities.append(logits.softmax(1).cpu())
         loss_sum += criterion(logits, labels).item() * len(labels)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
@@ -128,11 +135,29 @@ class EpochLog:
         self.event("final", metrics=metrics)
 
 
-def save_checkpoint(state: dict[str, Any]):
+def gather_in_dataset_order(shard: torch.Tensor, world_size: int) -> torch.Tensor | None:
+    """Rows of every worker's evaluation shard (rank r holds items r, r + world_size, ...) in the
+    data set's order, on rank 0; None on the other ranks."""
+    if world_size == 1:
+        return shard
+    parts = [None] * world_size
+    dist.all_gather_object(parts, shard)
+    if dist.get_rank() != 0:
+        return None
+    full = torch.empty((sum(len(p) for p in parts), *shard.shape[1:]), dtype=shard.dtype)
+    for rank, part in enumerate(parts):
+        full[rank::world_size] = part
+    return full
+
+
+def save_checkpoint(state: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
+    """A checkpoint directory with the training state, plus extra tensors as files of their own."""
     import ray.train
 
     directory = tempfile.mkdtemp(prefix="ckpt-")
     torch.save(state, Path(directory) / STATE_FILE)
+    for name, tensor in (extra or {}).items():
+        torch.save(tensor, Path(directory) / f"{name}.pt")
     return ray.train.Checkpoint.from_directory(directory)
 
 
@@ -221,13 +246,13 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         for past in history:  # epochs a checkpoint holds but MLflow may have missed
             log.epoch(past)
 
-    def checkpoint(epoch: int):
+    def checkpoint(epoch: int, extra: dict[str, torch.Tensor] | None = None):
         if rank != 0:
             return None
         return save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                 "epoch": epoch, "history": history, "model_name": config.model,
-                                "model_kwargs": config.model_kwargs})
+                                "model_kwargs": config.model_kwargs}, extra)
 
     steps = train_batches.steps_per_epoch
     for epoch in range(start_epoch, hp.epochs):
@@ -274,7 +299,15 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         if log:
             log.epoch(metrics)
 
-    test = evaluate(unwrap(model), test_batches.in_order(256), augment, eval_criterion, device, autocast)
+    # Test-set probabilities (in data-set order) are kept for ensembles; streamed sets have no fixed order.
+    probabilities = [] if config.splits_ref is not None else None
+    test = evaluate(unwrap(model), test_batches.in_order(256), augment, eval_criterion, device, autocast,
+                    probabilities)
+    extra = {}
+    if probabilities is not None:
+        shard = torch.cat(probabilities).half() if probabilities else torch.empty(0, config.num_classes).half()
+        if (full := gather_in_dataset_order(shard, world_size)) is not None:
+            extra[TEST_PROBS] = full
     # Steady-state throughput: the first epoch includes warm-up (allocations, lazy init).
     steady = history[1:] or history
     final = {"top1": test["top1"], "top1_err": 100 - test["top1"], "top5": test["top5"],
@@ -283,7 +316,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
              "train_time_s": sum(h["epoch_time_s"] for h in history)}
     if not math.isfinite(test["loss"]):
         final["diverged"] = 1.0
-    ray.train.report({**history[-1], **final}, checkpoint=checkpoint(hp.epochs))
+    ray.train.report({**history[-1], **final}, checkpoint=checkpoint(hp.epochs, extra))
     if log:
         log.final(final)
 

@@ -15,7 +15,7 @@ def _log_model(tracker, run_id: str, checkpoint, meta: dict) -> None:
     """The final weights and what it takes to rebuild the model, as artifacts of the run."""
     import torch
 
-    from pipeline.train import STATE_FILE
+    from pipeline.train import STATE_FILE, TEST_PROBS
 
     with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as out:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
@@ -23,6 +23,8 @@ def _log_model(tracker, run_id: str, checkpoint, meta: dict) -> None:
         (Path(out) / "model.json").write_text(json.dumps(meta, indent=2))
         tracker.log_artifact(run_id, Path(out) / "model.pt", "model")
         tracker.log_artifact(run_id, Path(out) / "model.json", "model")
+        if (probs := Path(directory) / f"{TEST_PROBS}.pt").exists():
+            tracker.log_artifact(run_id, probs, "predictions")
 
 
 @stage("train")
