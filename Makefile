@@ -19,4 +19,4 @@ ui: $(STAMP)
 	$(VENV)/bin/pipeline ui
 
 benchmark: $(STAMP)
-	$(VENV)/bin/pipeline benchmark
+	$(VENV)/bin/pipeline benchmark train

@@ -84,8 +84,12 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
         pass
 
 
-@app.command()
-def benchmark(model: str = "resnet20", data: str = typer.Option("fashion_mnist", help="A named data set."),
+benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures side by side.")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("train")
+def benchmark_train(model: str = "resnet20", data: str = typer.Option("fashion_mnist", help="A named data set."),
               batch_size: int = 128, steps: int = typer.Option(40, help="Training steps per epoch."),
               epochs: int = typer.Option(3, min=2, help="Epochs; the first is warm-up."),
               threads: int = typer.Option(1, min=1, help="CPU threads for both paths.")) -> None:

@@ -11,6 +11,8 @@ from pipeline.errors import PipelineError
 COLUMNS = ["model", "top1", "top1_err", "top5", "top5_err", "param_count",
            "gmacs", "train_samples_per_sec", "epochs", "wall_time_s", "run_id"]
 FORMATS = ("table", "markdown", "csv")
+# Runs that compete on the leaderboard (sweep trials do not: their best config is retrained).
+LEADERBOARD_STAGES = ("train", "retrain", "zero_shot", "linear_probe", "ensemble")
 
 
 @dataclass
@@ -57,7 +59,8 @@ def build(tracking_uri: str, experiment: str) -> Leaderboard:
         names = ", ".join(e.name for e in client.search_experiments() if e.name != "Default") or "none yet"
         raise PipelineError(f"no experiment '{experiment}' in {tracking_uri} (experiments: {names}): "
                             f"pass --experiment NAME")
-    runs = client.search_runs([found.experiment_id], filter_string="tags.stage = 'train'", max_results=50000)
+    stages = ", ".join(f"'{stage}'" for stage in LEADERBOARD_STAGES)
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.stage IN ({stages})", max_results=50000)
     rows, notes = [], []
     for run in runs:
         if "model" not in run.data.tags:
