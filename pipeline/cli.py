@@ -41,8 +41,8 @@ def run(spec: str, set_: Optional[list[str]] = SetOption,
 
     loaded = load_spec(spec, set_ or [])
     if not verbose:
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     context = workflow.run(loaded, console, verbose)
     if context.failures:
         raise PipelineError(f"{len(context.failures)} model(s) failed: {', '.join(context.failures)} "

@@ -112,3 +112,23 @@ def test_killed_worker_resumes_from_checkpoint_and_logs_each_epoch_once(ray_clus
     for key in ("epoch", "val_loss", "train_loss"):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3, 4], key
     assert "top1" in run.data.metrics
+
+
+def test_streamed_data_set_trains_through_the_same_loop(ray_cluster, workdir):
+    from test_data import _write_parquet_shards
+
+    _write_parquet_shards(workdir / "shards", "train", 4, 60)
+    _write_parquet_shards(workdir / "shards", "test", 2, 20)
+    tree = tiny_spec(workdir)
+    tree["data"] = {"name": "huggingface", "path": str(workdir / "shards"), "streaming": True, "in_chans": 1,
+                    "image_size": 8, "val_fraction": 0.2}
+    tree["models"] = ["lenet5"]
+    tree["stages"] = ["train"]
+    spec = parse_spec(tree)
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    assert not context.failures and context.data is None  # nothing was loaded into memory
+    run = MlflowClient(spec.tracking.uri).get_run(context.outputs["train"]["lenet5"]["run_id"])
+    metrics = run.data.metrics
+    # 240 training records, every 5th held out: 192 train across 2 workers, batch 32 -> 3 steps each.
+    assert metrics["epochs"] == 2 and 0 <= metrics["top1"] <= 100 and metrics["val_loss"] > 0
+    assert run.data.tags["dataset"] == "huggingface"
