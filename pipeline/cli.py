@@ -52,6 +52,10 @@ def run(spec: str, set_: Optional[list[str]] = SetOption,
 @app.command()
 def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", "-e", help="MLflow experiment."),
                 fmt: str = typer.Option("table", "--format", "-f", help="table, markdown or csv."),
+                family: Optional[str] = typer.Option(None, "--family", help="Only this model family."),
+                tag: Optional[list[str]] = typer.Option(None, "--tag", help="Only runs with tag KEY=VALUE "
+                                                                            "(repeatable)."),
+                compare: Optional[str] = typer.Option(None, "--compare", help="Another experiment, side by side."),
                 tracking_uri: Optional[str] = TrackingOption) -> None:
     """The best run per model, ranked by test top-1 error."""
     from pipeline import leaderboard as board
@@ -59,7 +63,12 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
 
     if fmt not in board.FORMATS:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(board.FORMATS)}")
-    board.show(board.build(resolve_uri(tracking_uri), experiment), fmt, console)
+    uri, tags = resolve_uri(tracking_uri), board.parse_tag_filters(tag)
+    built = board.build(uri, experiment, family, tags)
+    if compare:
+        board.show_comparison(built, board.build(uri, compare, family, tags), fmt, console)
+    else:
+        board.show(built, fmt, console)
 
 
 @app.command()

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
 
 # timm's results-file columns first, then ours.
-COLUMNS = ["model", "top1", "top1_err", "top5", "top5_err", "param_count",
-           "gmacs", "train_samples_per_sec", "epochs", "wall_time_s", "run_id"]
+COLUMNS = ["model", "top1", "top1_err", "top5", "top5_err", "param_count", "gmacs", "train_samples_per_sec",
+           "family", "year", "accelerator", "epochs", "seed", "wall_time_s", "run_id"]
 FORMATS = ("table", "markdown", "csv")
 # Runs that compete on the leaderboard (sweep trials do not: their best config is retrained).
 LEADERBOARD_STAGES = ("train", "retrain", "zero_shot", "linear_probe", "ensemble")
+METRICS = ("top1", "top1_err", "top5", "top5_err", "param_count", "gmacs", "train_samples_per_sec")
+# The default address of `pipeline ui`, where runs of an embedded store are browsed.
+LOCAL_UI = "http://127.0.0.1:5000"
 
 
 @dataclass
@@ -20,18 +23,53 @@ class Leaderboard:
     experiment: str
     rows: list[dict]
     notes: list[str]
+    experiment_id: str = ""
+    ui_url: str = LOCAL_UI
+    references: list[dict] = field(default_factory=list)  # published results shown beside ours
+
+    @property
+    def columns(self) -> list[str]:
+        """COLUMNS, plus `kind` when not every row is a plain training run and `sweep` when a row has one."""
+        columns = list(COLUMNS)
+        if self.references or any(r["kind"] != "train" for r in self.rows):
+            columns.insert(1, "kind")
+        if any(r.get("sweep_run_id") for r in self.rows):
+            columns.append("sweep")
+        return columns
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+def ui_url(tracking_uri: str) -> str:
+    """Where the MLflow UI of a tracking store is: the server itself, or `pipeline ui` for a local store."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def _number(text: str | None, kind=float):
+    try:
+        return kind(text) if text not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _row(run) -> dict:
-    metrics = run.data.metrics
+    metrics, tags, params = run.data.metrics, run.data.tags, run.data.params
     end = run.info.end_time or run.info.start_time
     return {
-        "model": run.data.tags["model"],
-        **{key: metrics.get(key) for key in ("top1", "top1_err", "top5", "top5_err", "param_count", "gmacs",
-                                             "train_samples_per_sec")},
+        "model": tags["model"],
+        "kind": tags.get("stage", "train"),
+        **{key: metrics.get(key) for key in METRICS},
+        "family": tags.get("family", ""),
+        "year": _number(tags.get("paper_year"), int),
+        "accelerator": tags.get("accelerator", ""),
         "epochs": int(metrics["epochs"]) if "epochs" in metrics else None,
+        "seed": _number(params.get("seed"), int),
         "wall_time_s": (end - run.info.start_time) / 1000,
         "run_id": run.info.run_id,
+        "sweep_run_id": tags.get("sweep_run_id"),
+        "members": tags.get("members", ""),
+        "dataset": tags.get("dataset", ""),
         "_start": run.info.start_time,
     }
 
@@ -44,7 +82,38 @@ def best_per_model(rows: list[dict]) -> list[dict]:
     return sorted(best.values(), key=lambda r: (r["top1_err"], r["top5_err"], r["_start"], r["model"]))
 
 
-def build(tracking_uri: str, experiment: str) -> Leaderboard:
+def ilsvrc_references() -> list[dict]:
+    """The lecture's ILSVRC winners (top-5 test error of the winning entry), from the model catalogue."""
+    from models.catalogue import FAMILIES
+
+    winners = sorted((f for f in FAMILIES if f.ilsvrc_top5_err is not None), key=lambda f: f.year)
+    return [{"model": f"{f.name} (ILSVRC entry)", "kind": "reference", "family": f.name, "year": f.year,
+             "top5_err": f.ilsvrc_top5_err, "top5": 100 - f.ilsvrc_top5_err} for f in winners]
+
+
+def _filter(family: str | None, tags: dict[str, str]) -> str:
+    def quoted(value: str) -> str:
+        return "'" + value.replace("'", "\\'") + "'"
+
+    clauses = [f"tags.family = {quoted(family)}"] if family else []
+    clauses += [f"tags.`{key}` = {quoted(value)}" for key, value in tags.items()]
+    return " and ".join(clauses)
+
+
+def parse_tag_filters(items: list[str] | None) -> dict[str, str]:
+    """`--tag key=value` options as a dict; a malformed one is a one-line error."""
+    tags = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PipelineError(f"tag filter '{item}' is not KEY=VALUE: write e.g. --tag dataset=fashion_mnist")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def build(tracking_uri: str, experiment: str, family: str | None = None,
+          tags: dict[str, str] | None = None, references: bool | None = None) -> Leaderboard:
+    """The experiment's leaderboard; `references` adds the ILSVRC winners (default: for ImageNet)."""
     from mlflow import MlflowClient
 
     from pipeline.tracking import sqlite_path
@@ -59,7 +128,7 @@ def build(tracking_uri: str, experiment: str) -> Leaderboard:
         names = ", ".join(e.name for e in client.search_experiments() if e.name != "Default") or "none yet"
         raise PipelineError(f"no experiment '{experiment}' in {tracking_uri} (experiments: {names}): "
                             f"pass --experiment NAME")
-    runs = client.search_runs([found.experiment_id], max_results=50000)
+    runs = client.search_runs([found.experiment_id], _filter(family, tags or {}), max_results=50000)
     rows, notes = [], []
     for run in runs:
         if "model" not in run.data.tags or run.data.tags.get("stage") not in LEADERBOARD_STAGES:
@@ -70,8 +139,15 @@ def build(tracking_uri: str, experiment: str) -> Leaderboard:
             continue
         rows.append(_row(run))
     if not rows and not notes:
+        if family or tags:
+            wanted = ", ".join([f"family={family}"] * bool(family) + [f"{k}={v}" for k, v in (tags or {}).items()])
+            raise PipelineError(f"experiment '{experiment}' has no leaderboard runs with {wanted}: "
+                                "check the filter (tags are shown in the MLflow UI)")
         raise PipelineError(f"experiment '{experiment}' has no training runs yet: run a spec that trains on it")
-    return Leaderboard(experiment, best_per_model(rows), notes)
+    if references is None:
+        references = "imagenet" in experiment.lower() or any(r["dataset"].startswith("imagenet") for r in rows)
+    return Leaderboard(experiment, best_per_model(rows), notes, found.experiment_id, ui_url(tracking_uri),
+                       ilsvrc_references() if references else [])
 
 
 def _cell(key: str, value) -> str:
@@ -88,20 +164,41 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
+def _ranked(board: Leaderboard) -> list[tuple[str, dict]]:
+    """(rank, row): our runs ranked, then the reference rows marked `ref`."""
+    return [(str(rank), row) for rank, row in enumerate(board.rows, 1)] + [("ref", r) for r in board.references]
+
+
+def _value(board: Leaderboard, row: dict, column: str):
+    if column == "sweep":
+        return board.run_url(row["sweep_run_id"]) if row.get("sweep_run_id") else None
+    return row.get(column)
+
+
 def to_csv(board: Leaderboard) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in board.rows:
-        writer.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+    columns = board.columns
+    writer.writerow(columns)
+    for _, row in _ranked(board):
+        writer.writerow(["" if (v := _value(board, row, c)) is None else v for c in columns])
     return out.getvalue()
 
 
-def to_markdown(board: Leaderboard) -> str:
-    header = ["rank", *COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for rank, row in enumerate(board.rows, 1):
-        lines.append("| " + " | ".join([str(rank), *(_cell(c, row[c]) for c in COLUMNS)]) + " |")
+def to_markdown(board: Leaderboard, links: bool = False) -> str:
+    """A markdown table; with `links`, run ids (and sweeps) link to the MLflow UI."""
+    columns = board.columns
+    lines = ["| " + " | ".join(["rank", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for rank, row in _ranked(board):
+        cells = []
+        for column in columns:
+            text = _cell(column, _value(board, row, column))
+            if links and text and column == "run_id":
+                text = f"[{text[:12]}]({board.run_url(text)})"
+            elif links and text and column == "sweep":
+                text = f"[sweep]({text})"
+            cells.append(text)
+        lines.append("| " + " | ".join([rank, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,10 +207,13 @@ def to_rich_table(board: Leaderboard):
 
     table = Table(title=f"Leaderboard: {board.experiment} (best run per model, by test top-1 error)")
     table.add_column("#", justify="right")
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("model", "run_id") else "right")
-    for rank, row in enumerate(board.rows, 1):
-        table.add_row(str(rank), *(_cell(c, row[c]) for c in COLUMNS))
+    columns = board.columns
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "kind", "family", "accelerator", "run_id",
+                                                              "sweep") else "right")
+    for rank, row in _ranked(board):
+        cells = [_cell(c, _value(board, row, c)) for c in columns]
+        table.add_row(rank, *cells, style="dim" if rank == "ref" else None)
     return table
 
 
@@ -122,7 +222,70 @@ def show(board: Leaderboard, fmt: str, console) -> None:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     if fmt == "table":
         console.print(to_rich_table(board))
+        if board.references:
+            console.print("ref: the ILSVRC-winning entries of these families (top-5 test error on ImageNet; "
+                          "mostly ensembles), from models/catalogue.py")
         for note in board.notes:
             console.print(f"[yellow]note:[/] {note}")
     else:
         print(to_csv(board) if fmt == "csv" else to_markdown(board), end="")
+
+
+# --- two experiments side by side -------------------------------------------------------------
+
+COMPARED = ("top1_err", "top5_err", "param_count", "gmacs")
+
+
+def compare(left: Leaderboard, right: Leaderboard) -> list[dict]:
+    """One row per model of either leaderboard: its best metrics in both and the change (right - left),
+    ordered by the left experiment's ranking, then the right's."""
+    by_model = {}
+    for side, board in (("a", left), ("b", right)):
+        for row in board.rows:
+            by_model.setdefault(row["model"], {"model": row["model"]})[side] = row
+    order: dict[str, int] = {}
+    for row in left.rows + right.rows:
+        order.setdefault(row["model"], len(order))
+    merged = []
+    for model in sorted(by_model, key=lambda m: order[m]):
+        entry = by_model[model]
+        a, b = entry.get("a") or {}, entry.get("b") or {}
+        line = {"model": model}
+        for key in COMPARED:
+            line[f"{key}:a"], line[f"{key}:b"] = a.get(key), b.get(key)
+        line["delta_top1_err"] = (b["top1_err"] - a["top1_err"]) if a and b else None
+        merged.append(line)
+    return merged
+
+
+def show_comparison(left: Leaderboard, right: Leaderboard, fmt: str, console) -> None:
+    if fmt not in FORMATS:
+        raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
+    rows = compare(left, right)
+    keys = ["model", *(f"{k}:{s}" for k in COMPARED for s in "ab"), "delta_top1_err"]
+    names = {"a": left.experiment, "b": right.experiment}
+    header = [k if ":" not in k else f"{k.split(':')[0]} ({names[k.split(':')[1]]})" for k in keys]
+    header[-1] = "delta top1_err"
+    cells = [[_cell(k.split(":")[0], row[k]) if k != "delta_top1_err" or row[k] is None
+              else f"{row[k]:+.2f}" for k in keys] for row in rows]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(["" if row[k] is None else row[k] for k in keys] for row in rows)
+        print(out.getvalue(), end="")
+    elif fmt == "markdown":
+        print("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                         *("| " + " | ".join(line) + " |" for line in cells)]))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{left.experiment} vs {right.experiment} (best run per model; "
+                            f"delta = {right.experiment} - {left.experiment})")
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i == 0 else "right")
+        for line in cells:
+            table.add_row(*line)
+        console.print(table)
+        for note in left.notes + right.notes:
+            console.print(f"[yellow]note:[/] {note}")

@@ -8,71 +8,159 @@ from pipeline.errors import PipelineError
 from pipeline.tracking import Tracker
 
 
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One real MLflow store for the module (creating one costs seconds); an experiment per test."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    return uri, Tracker(uri)
+
+
 @pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    experiment = tracker.experiment_id("bench")
-    return uri, tracker, experiment
+def store(db, request):
+    uri, tracker = db
+    name = request.node.name.removeprefix("test_")[:60]
+    return uri, tracker, tracker.experiment_id(name), name
 
 
-def add_run(tracker, experiment, model, top1_err, top5_err=1.0, finish=True, **extra):
+def add_run(tracker, experiment, model, top1_err, top5_err=1.0, finish=True, tags=None, **extra):
     metrics = {"top1": 100 - top1_err, "top1_err": top1_err, "top5": 100 - top5_err, "top5_err": top5_err,
                "param_count": 1.5, "gmacs": 0.01, "train_samples_per_sec": 1000.0, "epochs": 2, **extra}
-    run_id = tracker.start_run(experiment, model, tags={"model": model, "stage": "train"}, metrics=metrics)
+    run_id = tracker.start_run(experiment, model, tags={"model": model, "stage": "train", **(tags or {})},
+                               metrics=metrics)
     if finish:
         tracker.finish(run_id)
     return run_id
 
 
 def test_best_run_per_model_ranked_by_top1_error(store):
-    uri, tracker, experiment = store
+    uri, tracker, experiment, bench = store
     add_run(tracker, experiment, "lenet5", 12.0)
     best_lenet = add_run(tracker, experiment, "lenet5", 10.5)
     add_run(tracker, experiment, "resnet20", 8.0)
     add_run(tracker, experiment, "vit", 20.0)
-    board = leaderboard.build(uri, "bench")
+    board = leaderboard.build(uri, bench)
     assert [r["model"] for r in board.rows] == ["resnet20", "lenet5", "vit"]
     assert board.rows[1]["run_id"] == best_lenet and board.rows[1]["top1_err"] == 10.5
 
 
 def test_ties_are_broken_by_top5_then_by_the_earlier_run(store):
-    uri, tracker, experiment = store
+    uri, tracker, experiment, bench = store
     first = add_run(tracker, experiment, "a", 5.0, top5_err=1.0)
     add_run(tracker, experiment, "a", 5.0, top5_err=1.0)
     add_run(tracker, experiment, "b", 5.0, top5_err=0.5)
-    board = leaderboard.build(uri, "bench")
+    board = leaderboard.build(uri, bench)
     assert [r["model"] for r in board.rows] == ["b", "a"]
     assert board.rows[1]["run_id"] == first
 
 
 def test_runs_without_metrics_give_a_note_not_a_crash(store):
-    uri, tracker, experiment = store
+    uri, tracker, experiment, bench = store
     add_run(tracker, experiment, "ok", 3.0)
     crashed = tracker.start_run(experiment, "crashed", tags={"model": "broken", "stage": "train"})
     tracker.finish(crashed, "FAILED")
-    board = leaderboard.build(uri, "bench")
+    board = leaderboard.build(uri, bench)
     assert [r["model"] for r in board.rows] == ["ok"]
     assert len(board.notes) == 1 and crashed in board.notes[0] and "failed" in board.notes[0]
 
 
 def test_csv_follows_timm_results_columns(store):
-    uri, tracker, experiment = store
+    uri, tracker, experiment, bench = store
     add_run(tracker, experiment, "m", 7.25, top5_err=0.5)
-    rows = list(csv.DictReader(io.StringIO(leaderboard.to_csv(leaderboard.build(uri, "bench")))))
+    rows = list(csv.DictReader(io.StringIO(leaderboard.to_csv(leaderboard.build(uri, bench)))))
     assert list(rows[0])[:6] == ["model", "top1", "top1_err", "top5", "top5_err", "param_count"]
-    assert list(rows[0])[6:] == ["gmacs", "train_samples_per_sec", "epochs", "wall_time_s", "run_id"]
+    assert list(rows[0])[6:] == ["gmacs", "train_samples_per_sec", "family", "year", "accelerator", "epochs",
+                                 "seed", "wall_time_s", "run_id"]
     assert float(rows[0]["top1"]) == 92.75 and rows[0]["epochs"] == "2"
-    markdown = leaderboard.to_markdown(leaderboard.build(uri, "bench"))
+    markdown = leaderboard.to_markdown(leaderboard.build(uri, bench))
     assert markdown.splitlines()[2].startswith("| 1 | m | 92.75 | 7.25 |")
 
 
 def test_unknown_experiment_and_empty_store_are_clear_errors(store, tmp_path):
-    uri, tracker, experiment = store
-    with pytest.raises(PipelineError, match="no experiment 'nope'.*bench"):
+    uri, tracker, experiment, bench = store
+    with pytest.raises(PipelineError, match=f"no experiment 'nope'.*{bench}"):
         leaderboard.build(uri, "nope")
     with pytest.raises(PipelineError, match="no training runs"):
-        leaderboard.build(uri, "bench")
+        leaderboard.build(uri, bench)
     with pytest.raises(PipelineError, match="no tracking store"):
-        leaderboard.build(f"sqlite:///{tmp_path / 'missing.db'}", "bench")
+        leaderboard.build(f"sqlite:///{tmp_path / 'missing.db'}", bench)
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_family_and_tag_filters(store):
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "resnet20", 8.0, tags={"family": "ResNet", "accelerator": "cpu"})
+    add_run(tracker, experiment, "plain20", 11.0, tags={"family": "ResNet", "accelerator": "NVIDIA H100"})
+    add_run(tracker, experiment, "lenet5", 12.0, tags={"family": "LeNet", "accelerator": "cpu"})
+    assert [r["model"] for r in leaderboard.build(uri, bench, family="ResNet").rows] == ["resnet20", "plain20"]
+    assert [r["model"] for r in leaderboard.build(uri, bench, tags={"accelerator": "cpu"}).rows] == \
+        ["resnet20", "lenet5"]
+    both = leaderboard.build(uri, bench, family="ResNet", tags={"accelerator": "NVIDIA H100"})
+    assert [r["model"] for r in both.rows] == ["plain20"] and both.rows[0]["accelerator"] == "NVIDIA H100"
+    with pytest.raises(PipelineError, match="no leaderboard runs with family=ViT"):
+        leaderboard.build(uri, bench, family="ViT")
+    with pytest.raises(PipelineError, match="not KEY=VALUE"):
+        leaderboard.parse_tag_filters(["accelerator"])
+
+
+def test_kind_column_and_sweep_links_appear_only_when_needed(store):
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "resnet20", 8.0)
+    plain = leaderboard.build(uri, bench)
+    assert "kind" not in plain.columns and "sweep" not in plain.columns
+    add_run(tracker, experiment, "ensemble(top2)", 6.0, tags={"stage": "ensemble"})
+    add_run(tracker, experiment, "lenet5", 9.0, tags={"stage": "retrain", "sweep_run_id": "abc123"})
+    board = leaderboard.build(uri, bench)
+    assert board.columns[:2] == ["model", "kind"] and board.columns[-1] == "sweep"
+    rows = list(csv.DictReader(io.StringIO(leaderboard.to_csv(board))))
+    assert [(r["model"], r["kind"]) for r in rows] == [("ensemble(top2)", "ensemble"), ("resnet20", "train"),
+                                                       ("lenet5", "retrain")]
+    assert rows[2]["sweep"] == f"{leaderboard.LOCAL_UI}/#/experiments/{experiment}/runs/abc123"
+    assert rows[0]["sweep"] == ""
+
+
+def test_imagenet_experiments_show_the_ilsvrc_winners_from_the_catalogue(db):
+    from models.catalogue import FAMILIES
+
+    uri, tracker = db
+    add_run(tracker, tracker.experiment_id("imagenet-1k"), "resnet18", 30.0, top5_err=10.5)
+    board = leaderboard.build(uri, "imagenet-1k")
+    winners = {f.name: f for f in FAMILIES if f.ilsvrc_top5_err is not None}
+    assert [r["family"] for r in board.references][0] == "AlexNet" and board.references[-1]["family"] == "SENet"
+    assert {r["family"]: r["top5_err"] for r in board.references} == {n: f.ilsvrc_top5_err for n, f in winners.items()}
+    markdown = leaderboard.to_markdown(board)
+    assert "| 1 | resnet18 | train |" in markdown and "| ref | AlexNet (ILSVRC entry) | reference |" in markdown
+    assert f"| {winners['AlexNet'].ilsvrc_top5_err:.2f} |" in markdown
+    # Not for other data sets, unless asked.
+    add_run(tracker, tracker.experiment_id("cifar10"), "resnet20", 8.0)
+    assert leaderboard.build(uri, "cifar10").references == []
+    assert len(leaderboard.build(uri, "cifar10", references=True).references) == len(winners)
+
+
+def test_compare_two_experiments_side_by_side(db):
+    uri, tracker = db
+    a, b = tracker.experiment_id("a"), tracker.experiment_id("b")
+    add_run(tracker, a, "resnet20", 8.0)
+    add_run(tracker, a, "lenet5", 10.0)
+    add_run(tracker, b, "resnet20", 7.25)
+    add_run(tracker, b, "vit", 20.0)
+    rows = leaderboard.compare(leaderboard.build(uri, "a"), leaderboard.build(uri, "b"))
+    assert [r["model"] for r in rows] == ["resnet20", "lenet5", "vit"]
+    assert rows[0]["top1_err:a"] == 8.0 and rows[0]["top1_err:b"] == 7.25
+    assert rows[0]["delta_top1_err"] == pytest.approx(-0.75)
+    assert rows[1]["top1_err:b"] is None and rows[1]["delta_top1_err"] is None
+
+
+def test_cli_compares_experiments(store):
+    from conftest import run_cli
+
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "resnet20", 8.0, tags={"family": "ResNet"})
+    add_run(tracker, experiment, "lenet5", 10.0, tags={"family": "LeNet"})
+    add_run(tracker, tracker.experiment_id(f"{bench}-other"), "resnet20", 9.5, tags={"family": "ResNet"})
+    cwd = uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    result = run_cli("leaderboard", "-e", bench, "--compare", f"{bench}-other", "--family", "ResNet",
+                     "-f", "markdown", "--tracking-uri", uri, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[2].startswith("| resnet20 | 8.00 | 9.50 |") and "+1.50" in lines[2]
+    assert "lenet5" not in result.stdout

@@ -11,8 +11,9 @@ from pipeline.errors import PipelineError
 from pipeline.workflow import RunContext, stage
 
 
-def _log_model(tracker, run_id: str, checkpoint, meta: dict) -> None:
-    """The final weights and what it takes to rebuild the model, as artifacts of the run."""
+def _log_model(tracker, run_id: str, checkpoint, meta: dict, test_labels=None) -> None:
+    """The final weights and what it takes to rebuild the model, as artifacts of the run; the test-set
+    probabilities with the labels they are scored against (ensembles and confusion matrices read them)."""
     import torch
 
     from pipeline.train import STATE_FILE, TEST_PROBS
@@ -25,6 +26,31 @@ def _log_model(tracker, run_id: str, checkpoint, meta: dict) -> None:
         tracker.log_artifact(run_id, Path(out) / "model.json", "model")
         if (probs := Path(directory) / f"{TEST_PROBS}.pt").exists():
             tracker.log_artifact(run_id, probs, "predictions")
+            if test_labels is not None:
+                torch.save(test_labels, Path(out) / "test_labels.pt")
+                tracker.log_artifact(run_id, Path(out) / "test_labels.pt", "predictions")
+
+
+def _paper_year(model: str) -> str:
+    from models.catalogue import FAMILIES, family_of
+
+    family = family_of(model)
+    return next((str(f.year) for f in FAMILIES if f.name == family), "")
+
+
+def _accelerator(resources) -> str:
+    """What the workers train on: 'cpu', or the GPU's name as seen from a worker (the driver may have none)."""
+    if resources.gpus_per_worker <= 0:
+        return "cpu"
+    import ray
+
+    @ray.remote(num_cpus=0, num_gpus=resources.gpus_per_worker)
+    def gpu_name() -> str:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+
+    return ray.get(gpu_name.remote(), timeout=300)
 
 
 @stage("train")
@@ -48,6 +74,7 @@ def train_stage(context: RunContext) -> None:
     classes = data.classes if data is not None else stream["classes"]
     storage = str(Path(spec.storage_path).expanduser().resolve()) if "://" not in spec.storage_path else spec.storage_path
     results = context.outputs.setdefault("train", {})
+    accelerator = _accelerator(spec.resources)
 
     for entry in spec.models:
         train = spec.train_config(entry)
@@ -55,9 +82,11 @@ def train_stage(context: RunContext) -> None:
         run_id = tracker.start_run(
             context.experiment_id, entry.name, parent_id=context.parent_run_id,
             params={"model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(),
-                    "data": spec.data.model_dump(), "resources": spec.resources.model_dump()},
+                    "data": spec.data.model_dump(), "resources": spec.resources.model_dump(),
+                    "seed": train.seed, "epochs": train.epochs},
             tags={"model": entry.name, "family": family_of(entry.name), "dataset": spec.data.name,
-                  "stage": "train", "spec": spec.name},
+                  "stage": "train", "spec": spec.name, "paper_year": _paper_year(entry.name),
+                  "accelerator": accelerator},
             metrics=complexity)
         context.console.print(f"[bold]{entry.name}[/]: {complexity['param_count']:.3f} M params, "
                               f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, run {run_id}")
@@ -80,7 +109,8 @@ def train_stage(context: RunContext) -> None:
             continue
         _log_model(tracker, run_id, result.checkpoint, {
             "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(classes), "classes": classes,
-            "in_chans": in_chans, "image_size": image_size, "mean": list(config.mean), "std": list(config.std)})
+            "in_chans": in_chans, "image_size": image_size, "mean": list(config.mean), "std": list(config.std)},
+            data.test.labels if data is not None else None)
         tracker.finish(run_id)
         results[entry.name] = {"run_id": run_id, "metrics": result.metrics}
 
