@@ -108,6 +108,48 @@ def benchmark_train(model: str = "resnet20", data: str = typer.Option("fashion_m
     run_benchmark(model, data, batch_size, steps, epochs, threads, console)
 
 
+@app.command()
+def models(fmt: str = typer.Option("table", "--format", "-f", help="table, markdown or csv.")) -> None:
+    """Every architecture of the zoo: family, paper, year, ImageNet-scale size and cost, small variants."""
+    from pipeline import tables
+
+    if fmt not in tables.FORMATS:
+        raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(tables.FORMATS)}")
+    tables.show([tables.models_table()], fmt, console)
+
+
+@app.command("tables")
+def lecture_tables(fmt: str = typer.Option("table", "--format", "-f", help="table, markdown or csv."),
+                   out: Optional[str] = typer.Option(None, "--out", "-o", help="Also write each table as "
+                                                     "markdown and CSV into this folder."),
+                   only: Optional[list[str]] = typer.Option(None, "--only", help="Just this table (repeatable): "
+                                                            "conv_examples, alexnet_layers, vgg16_memory, "
+                                                            "inception_modules, stacked_convs, vit_sizes, complexity.")
+                   ) -> None:
+    """The lecture's tables and worked numbers, recomputed from the model definitions."""
+    from pipeline import tables
+
+    if fmt not in tables.FORMATS:
+        raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(tables.FORMATS)}")
+    built = tables.build_tables(only)
+    tables.show(built, fmt, console)
+    if out:
+        paths = tables.write(built, out)
+        Console(stderr=True).print(f"wrote {len(paths)} files to {out}")
+
+
+@benchmark_app.command("zoo")
+def benchmark_zoo(batch_size: int = typer.Option(64, min=1), steps: int = typer.Option(3, min=1, help="Timed steps."),
+                  image_size: int = typer.Option(28, min=8), in_chans: int = typer.Option(1, min=1, max=3),
+                  threads: int = typer.Option(1, min=1, help="CPU threads."),
+                  model: Optional[list[str]] = typer.Option(None, "--model", help="Just this model (repeatable).")
+                  ) -> None:
+    """Training throughput (images/s) of every small-image architecture, one process, after a warm-up step."""
+    from pipeline.throughput import run_zoo_benchmark
+
+    run_zoo_benchmark(model or None, batch_size, steps, image_size, in_chans, threads, console)
+
+
 def main() -> None:
     try:
         app()

@@ -109,6 +109,22 @@ class ResourcesConfig(Strict):
         return self.threads_per_worker or max(1, int(self.cpus_per_worker))
 
 
+class EnsembleConfig(Strict):
+    """The ensemble stage: the test-set probabilities of the top_k leaderboard runs, or of named members, averaged."""
+
+    top_k: int | None = Field(None, ge=2)  # default 3 when no members are named
+    members: list[str] = Field(default_factory=list)  # model names (their best run) or run ids
+    name: str | None = None  # its model name on the leaderboard; default ensemble(top3) or ensemble(a+b)
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        if self.members and self.top_k is not None:
+            raise ValueError("give ensemble.top_k or ensemble.members, not both")
+        if len(self.members) == 1:
+            raise ValueError("ensemble.members needs at least two models or run ids")
+        return self
+
+
 class TrackingConfig(Strict):
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
     experiment: str | None = None  # default: the data set's name
@@ -125,6 +141,7 @@ class Spec(Strict):
     # Ray checkpoints: a local path, a shared file system or s3://; $PIPELINE_STORAGE_PATH on a cluster.
     storage_path: str = Field(default_factory=lambda: os.environ.get("PIPELINE_STORAGE_PATH", ".pipeline/checkpoints"))
     stages: list[str] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)  # the ensemble stage
 
     @field_validator("models", mode="before")
     @classmethod
