@@ -64,6 +64,7 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     channels_last: bool | None = None  # default: on GPU
     seed: int = 0
+    eval_test_every_epoch: bool = False  # test error per epoch too (training vs test curves), not only at the end
 
     @field_validator("optimizer")
     @classmethod

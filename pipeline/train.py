@@ -289,9 +289,14 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         train_loss, train_correct, train_seen = all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
         val = evaluate(unwrap(model), val_batches.in_order(256), augment, eval_criterion, device, autocast) \
             if val_batches is not None else {}
+        per_epoch_test = {}  # training vs test curves (the ResNet degradation plot); never in sweeps
+        if getattr(hp, "eval_test_every_epoch", False) and getattr(config, "evaluate_test", True):
+            test_now = evaluate(unwrap(model), test_batches.in_order(256), augment, eval_criterion, device, autocast)
+            per_epoch_test = {"test_loss": test_now["loss"], "test_top1_err": 100 - test_now["top1"]}
+        train_top1 = 100 * train_correct / train_seen
         metrics = {"epoch": epoch + 1, "train_loss": train_loss / train_seen,
-                   "train_top1": 100 * train_correct / train_seen,
-                   **{f"val_{k}": v for k, v in val.items()},
+                   "train_top1": train_top1, "train_top1_err": 100 - train_top1,
+                   **{f"val_{k}": v for k, v in val.items()}, **per_epoch_test,
                    "train_samples_per_sec": train_seen / train_time, "epoch_time_s": time.perf_counter() - started,
                    "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
