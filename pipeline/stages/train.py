@@ -99,7 +99,11 @@ def train_stage(context: RunContext) -> None:
                 hflip=data.train.hflip if data is not None else info.hflip, threads=spec.resources.threads,
                 splits_ref=splits_ref, stream=stream, run_id=run_id, tracking_uri=tracker.uri,
                 progress=progress.queue, label=entry.name)
-            result = fit(config, spec.resources, storage, f"{spec.name}-{entry.name}-{context.parent_run_id[:8]}")
+            try:
+                result = fit(config, spec.resources, storage, f"{spec.name}-{entry.name}-{context.parent_run_id[:8]}")
+            except KeyboardInterrupt:
+                tracker.finish(run_id, "KILLED")
+                raise
         if result.error is not None or result.checkpoint is None:
             reason = str(result.error).strip().splitlines()[-1] if result.error else "no checkpoint"
             context.console.print(f"[bold red]{entry.name} failed:[/] {reason}")
