@@ -126,22 +126,120 @@ class EnsembleConfig(Strict):
         return self
 
 
+class ClipCaptionsConfig(Strict):
+    """Image-text pairs: captions made from the data set's class labels, or an image-caption data set."""
+
+    path: str | None = None  # a `datasets` image-caption set (hub id or local folder); None: from class labels
+    image_column: str = "image"
+    text_column: str = "text"  # strings, or lists of strings (several captions per image)
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+    descriptions: dict[str, list[str]] = Field(default_factory=dict)  # class name -> other names (adds to built-ins)
+    train_templates: list[str] | None = None  # default: pipeline.data.captions.TRAIN_TEMPLATES
+    eval_templates: list[str] | None = None  # zero-shot prompts; default: EVAL_TEMPLATES (none used in training)
+
+    @field_validator("train_templates", "eval_templates")
+    @classmethod
+    def _placeholders(cls, templates):
+        from pipeline.data.captions import check_templates
+
+        return None if templates is None else check_templates(templates)
+
+    def templates(self) -> tuple[list[str], list[str]]:
+        from pipeline.data.captions import EVAL_TEMPLATES, TRAIN_TEMPLATES
+
+        return self.train_templates or list(TRAIN_TEMPLATES), self.eval_templates or list(EVAL_TEMPLATES)
+
+
+class ClipTrainConfig(Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=2)  # per worker; the contrastive negatives are the global batch
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+    init_temperature: float = Field(0.07, gt=0, le=1)  # learnable (logit_scale = 1 / temperature, capped at 100)
+    local_loss: bool = False  # ClipLoss: each worker scores its own rows against the global batch
+    captions_per_group: int | None = Field(4, ge=1)  # distinct captions a class draws per step; None: one per image
+    heldout_pairs: int = Field(1000, ge=10)  # retrieval metrics per epoch
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU
+    seed: int = 0
+
+
+class ZeroShotConfig(Strict):
+    # "pretrain": the clip_pretrain stage's model (this run's, else the experiment's latest finished one
+    # in MLflow); or any open_clip model name, with `pretrained` weights.
+    model: str = "pretrain"
+    pretrained: str | None = None
+    linear_probe: bool = True
+    probe_train_images: int | None = Field(20000, ge=10)  # training images whose features train the probe
+    probe_steps: int = Field(300, ge=1)
+    probe_lr: float = Field(0.01, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from pipeline.clip import check_model_name
+
+        return name if name == "pretrain" else check_model_name(name)
+
+
+class ClipConfig(Strict):
+    """Contrastive image-text pretraining (clip_pretrain) and zero-shot evaluation (zero_shot)."""
+
+    model: str = "clip-rn-32"  # a small model of pipeline.clip.SMALL_MODELS or any open_clip model name
+    pretrained: str | None = None  # an open_clip pretrained tag (openai, laion2b_...) or a weights file
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to open_clip.create_model
+    captions: ClipCaptionsConfig = Field(default_factory=ClipCaptionsConfig)
+    train: ClipTrainConfig = Field(default_factory=ClipTrainConfig)
+    zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from pipeline.clip import check_model_name
+
+        return check_model_name(name)
+
+
+class EnsembleConfig(Strict):
+    """The ensemble stage: the test-set probabilities of the top_k leaderboard runs, or of named members, averaged."""
+
+    top_k: int | None = Field(None, ge=2)  # default 3 when no members are named
+    members: list[str] = Field(default_factory=list)  # model names (their best run) or run ids
+    name: str | None = None  # its model name on the leaderboard; default ensemble(top3) or ensemble(a+b)
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        if self.members and self.top_k is not None:
+            raise ValueError("give ensemble.top_k or ensemble.members, not both")
+        if len(self.members) == 1:
+            raise ValueError("ensemble.members needs at least two models or run ids")
+        return self
+
+
 class TrackingConfig(Strict):
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
     experiment: str | None = None  # default: the data set's name
+
+
+# Stages that run without a models: list.
+MODEL_FREE_STAGES = ("clip_pretrain", "zero_shot", "leaderboard")
 
 
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
-    models: list[ModelEntry] = Field(min_length=1)
+    models: list[ModelEntry] = Field(default_factory=list)  # required by every stage but the CLIP ones
     train: TrainConfig = Field(default_factory=TrainConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Ray checkpoints: a local path, a shared file system or s3://; $PIPELINE_STORAGE_PATH on a cluster.
     storage_path: str = Field(default_factory=lambda: os.environ.get("PIPELINE_STORAGE_PATH", ".pipeline/checkpoints"))
     stages: list[str] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
+    clip: ClipConfig | None = None  # the clip_pretrain and zero_shot stages
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)  # the ensemble stage
 
     @field_validator("models", mode="before")
@@ -161,6 +259,14 @@ class Spec(Strict):
             if name not in known:
                 raise ValueError(f"unknown stage '{name}'{_did_you_mean(name, known)}; known: {', '.join(known)}")
         return names
+
+    @model_validator(mode="after")
+    def _models_and_clip_given(self):
+        if not self.models and (needs := [n for n in self.stages if n not in MODEL_FREE_STAGES]):
+            raise ValueError(f"stage '{needs[0]}' needs at least one model in models:")
+        if self.clip is None and (needs := [n for n in ("clip_pretrain", "zero_shot") if n in self.stages]):
+            raise ValueError(f"stage '{needs[0]}' needs a clip: section (model:, captions:, train:, zero_shot:)")
+        return self
 
     @model_validator(mode="after")
     def _overrides_valid(self):

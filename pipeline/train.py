@@ -326,8 +326,9 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         log.final(final)
 
 
-def fit(config: WorkerConfig, resources, storage_path: str, run_name: str):
-    """Run the worker loop on `resources.num_workers` Ray Train workers; returns Ray's Result.
+def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=None):
+    """Run the worker loop (default: `train_loop_per_worker`) on `resources.num_workers` Ray Train
+    workers; returns Ray's Result.
 
     Reusing `run_name` under the same storage path resumes from its latest checkpoint.
     """
@@ -337,7 +338,7 @@ def fit(config: WorkerConfig, resources, storage_path: str, run_name: str):
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=per_worker),

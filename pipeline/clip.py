@@ -1,0 +1,385 @@
+"""CLIP with open_clip: small models for small images, contrastive pretraining on Ray Train, and the
+evaluations built on a trained model (retrieval, zero-shot classification, linear probe).
+
+The per-worker loop reads like `pipeline.train`'s: `prepare_model` and `ray.train.report` are the
+distributed seams, plus open_clip's `ClipLoss`, which gathers every worker's features so that the
+negatives of each pair are the whole global batch.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import json
+import math
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+
+# A small text tower: the captions are short and few, and the token embedding (vocabulary 49,408)
+# dominates the parameter count, so it stays narrow.
+SMALL_TEXT = {"context_length": 20, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+# Small open_clip models for 28-32 px images, registered at run time (architectures as data).
+SMALL_MODELS: dict[str, dict[str, Any]] = {
+    # A ViT image tower: 16 tokens of 7x7 patches at 28 px.
+    "clip-vit-28": {"embed_dim": 128, "text_cfg": SMALL_TEXT,
+                    "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 128, "layers": 4,
+                                   "head_width": 32, "mlp_ratio": 2.0}},
+    # A CNN image tower: the CIFAR-style ResNet-20 of the model zoo, through open_clip's timm adapter.
+    "clip-resnet20-28": {"embed_dim": 128, "text_cfg": SMALL_TEXT,
+                         "vision_cfg": {"image_size": 28, "timm_model_name": "resnet20", "timm_pool": "avg",
+                                        "timm_proj": "linear"}},
+    # open_clip's own modified ResNet (attention pooling), one bottleneck block per stage, at 32 px.
+    "clip-rn-32": {"embed_dim": 128, "text_cfg": SMALL_TEXT,
+                   "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None}},
+}
+
+
+@lru_cache(maxsize=1)
+def register_small_models() -> None:
+    """Make the small models known to open_clip (and the model zoo to timm, for timm image towers)."""
+    import open_clip
+
+    import models  # noqa: F401  (registers the zoo in timm's registry)
+
+    # open_clip registers configs from JSON files only: write ours to a folder of this process.
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-clip-configs-"))
+    for name, config in SMALL_MODELS.items():
+        (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+
+
+def model_names() -> list[str]:
+    import open_clip
+
+    register_small_models()
+    return open_clip.list_models()
+
+
+def check_model_name(name: str) -> str:
+    """A ValueError naming close matches when `name` is no open_clip model (hf-hub:/local-dir: pass)."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return name
+    known = model_names()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown CLIP model '{name}'{hint}: use one of the small models "
+                         f"{', '.join(SMALL_MODELS)} or any open_clip model name (open_clip.list_models())")
+    return name
+
+
+def create_model(name: str, pretrained: str | None = None, **kwargs):
+    """An open_clip model and its tokenizer; one-line errors for unknown names and missing weights."""
+    import open_clip
+
+    check_model_name_or_raise(name)
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise PipelineError(f"no pretrained weights '{pretrained}' for CLIP model '{name}': use one of "
+                                f"{', '.join(tags) or 'none (train it: stage clip_pretrain)'} or a weights file")
+    try:
+        with _quiet_root_logger():  # open_clip logs to the root logger (an untrained start, a failed download): we report those ourselves
+            model = open_clip.create_model(name, pretrained=pretrained, output_dict=True, **kwargs)
+    except RuntimeError as exc:
+        if pretrained and "download" in str(exc).lower():
+            raise PipelineError(f"the pretrained weights '{pretrained}' of CLIP model '{name}' cannot be fetched "
+                                f"(offline?): download them once where the Hugging Face hub is reachable "
+                                f"(they are cached), or give a local weights file as pretrained") from None
+        raise
+    return model, open_clip.get_tokenizer(name)
+
+
+@contextmanager
+def _quiet_root_logger():
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_model_name_or_raise(name: str) -> None:
+    try:
+        check_model_name(name)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """uint8 images (N, C, H, W) to the model's input: resized, as 3 channels, normalized."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    @classmethod
+    def of_model(cls, model, mean=None, std=None) -> "ImageInput":
+        """The model's input size; its own normalization unless the data's is given (a model trained here)."""
+        cfg = getattr(model.visual, "preprocess_cfg", {})
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        return cls(int(size), tuple(mean or cfg.get("mean")), tuple(std or cfg.get("std")))
+
+
+@dataclass
+class PairData:
+    """What every pretraining worker reads (through the Ray object store)."""
+
+    train: Any  # CaptionPairs
+    heldout: Any  # CaptionPairs, for retrieval metrics
+    tokens: torch.Tensor  # (K, context) tokens of every caption
+    classes: list[str] = field(default_factory=list)  # for the zero-shot monitor (captions from labels)
+    eval_templates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ClipWorkerConfig:
+    """Everything a pretraining worker needs, picklable; built by the driver."""
+
+    model: str
+    pretrained: str | None
+    model_kwargs: dict[str, Any]
+    train: dict[str, Any]  # a ClipTrainConfig as a dict
+    data_ref: Any  # ray.ObjectRef of PairData
+    image_input: ImageInput
+    max_shift: int = 0
+    threads: int = 1
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    progress: Any = None
+    label: str = ""
+
+
+def contrastive_loss(model, loss_fn, images: torch.Tensor, tokens: torch.Tensor,
+                     caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClipLoss of a batch of pairs; each distinct caption goes through the text tower once."""
+    unique, inverse = caption_ids.unique(return_inverse=True)
+    out = model(images, tokens[unique])
+    loss = loss_fn(out["image_features"], out["text_features"][inverse], out["logit_scale"])
+    return loss, out["logit_scale"]
+
+
+@torch.no_grad()
+def encode_images(model, images: torch.Tensor, image_input: ImageInput, device, batch_size: int = 512,
+                  autocast=None) -> torch.Tensor:
+    """L2-normalized image embeddings of uint8 images, in order."""
+    model.eval()
+    parts = []
+    for chunk in images.split(batch_size):
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            parts.append(model.encode_image(image_input(chunk.to(device)), normalize=True).float())
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+@torch.no_grad()
+def encode_texts(model, tokens: torch.Tensor, device, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model.encode_text(chunk.to(device), normalize=True).float()
+                      for chunk in tokens.split(batch_size)])
+
+
+def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, groups: torch.Tensor,
+                     ks=(1, 5)) -> dict[str, float]:
+    """Image-to-text and text-to-image recall@k (%) of paired rows. A retrieved item counts when it
+    belongs to the query's group: its own caption, or any caption of its class when captions come
+    from labels (they describe every image of the class equally well)."""
+    similarity = image_features @ text_features.T
+    same = groups[:, None] == groups[None, :]
+    metrics = {}
+    for k in ks:
+        k_ = min(k, len(groups))
+        for name, sims in (("i2t", similarity), ("t2i", similarity.T)):
+            top = sims.topk(k_, dim=1).indices
+            metrics[f"{name}_r{k}"] = 100 * same.gather(1, top).any(1).float().mean().item()
+    return metrics
+
+
+def zero_shot_classifier(model, tokenizer, classes: list[str], templates: list[str], device) -> torch.Tensor:
+    """(embed_dim, classes) weights: each class's text embedding averaged over the templates."""
+    import open_clip
+
+    model.eval()
+    return open_clip.build_zero_shot_classifier(model, tokenizer, classes, templates, device=device).float()
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1, top-5 (and their errors) and mean per-class recall, in %."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    top1, top5 = 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
+    recalls = [hits[labels == c, 0].float().mean().item() for c in labels.unique()]
+    return {"top1": top1, "top1_err": 100 - top1, "top5": top5, "top5_err": 100 - top5,
+            "mean_class_recall": 100 * sum(recalls) / len(recalls)}
+
+
+def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                 steps: int = 300, lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0) -> nn.Linear:
+    """Multinomial logistic regression on frozen features: full-batch AdamW, `steps` steps."""
+    torch.manual_seed(seed)
+    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
+    probe = nn.Linear(train_features.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    x = (train_features - mean) / std
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(x), train_labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    # Fold the standardization into the layer: the probe takes raw features.
+    with torch.no_grad():
+        probe.weight.div_(std)
+        probe.bias.sub_(probe.weight @ mean)
+    return probe
+
+
+def save_model(model, meta: dict[str, Any], folder: Path) -> None:
+    """Weights (model.pt) and what it takes to rebuild the model (model.json)."""
+    torch.save(model.state_dict(), folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_trained(folder: str | Path):
+    """(model, tokenizer, ImageInput) of a model saved by the pretraining stage."""
+    folder = Path(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    model, tokenizer = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    return model, tokenizer, ImageInput(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"])), meta
+
+
+def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    from open_clip.loss import ClipLoss
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from pipeline.data.augment import random_hflip, random_translate
+    from pipeline.data.batches import TensorBatches
+    from pipeline.data.captions import heldout_pairs
+    from pipeline.train import EpochLog, all_reduce_sum, load_checkpoint, save_checkpoint, unwrap
+
+    torch.set_num_threads(config.threads)
+    hp = SimpleNamespace(**config.train)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_bf16 = hp.precision == "bf16" or (hp.precision == "auto" and device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    data: PairData = ray.get(config.data_ref)
+    batches = TensorBatches(data.train.as_tensors(), rank, world_size, hp.batch_size, device, hp.seed)
+    tokens = data.tokens.to(device)
+    image_input = config.image_input
+
+    torch.manual_seed(hp.seed)
+    model, tokenizer = create_model(config.model, config.pretrained, **config.model_kwargs)
+    if not config.pretrained:
+        model.logit_scale.data.fill_(math.log(1 / hp.init_temperature))
+    model = ray.train.torch.prepare_model(model)
+    loss_fn = ClipLoss(local_loss=hp.local_loss, gather_with_grad=True, cache_labels=True,
+                       rank=rank, world_size=world_size)
+    optimizer = create_optimizer_v2(unwrap(model), opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay)
+    steps = batches.steps_per_epoch
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=hp.epochs, warmup_epochs=hp.warmup_epochs,
+                                       min_lr=hp.min_lr, step_on_epochs=False, updates_per_epoch=steps)
+
+    start_epoch, history = 0, []
+    if (state := load_checkpoint()) is not None:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+    log = EpochLog(config) if rank == 0 else None
+    if log and state is not None:
+        log.resumed(start_epoch)
+        for past in history:
+            log.epoch(past)
+
+    heldout_index, heldout_captions, heldout_groups = heldout_pairs(data.heldout, hp.heldout_pairs, hp.seed)
+    for epoch in range(start_epoch, hp.epochs):
+        model.train()
+        started = time.perf_counter()
+        # Seeded per epoch and rank: a restarted worker draws the same captions and shifts again.
+        generator = torch.Generator().manual_seed(hp.seed * 100_003 + epoch * 101 + rank)
+        loss_sum, seen = torch.zeros((), device=device), 0
+        last_event = started
+        for step, (images, groups) in enumerate(batches.epoch(epoch)):
+            caption_ids = data.train.sample_captions(groups.cpu(), generator, hp.captions_per_group).to(device)
+            images = random_translate(images, config.max_shift, generator)
+            if data.train.hflip:
+                images = random_hflip(images, generator)
+            with autocast():
+                loss, _ = contrastive_loss(model, loss_fn, image_input(images), tokens, caption_ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if hp.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+            optimizer.step()
+            scheduler.step_update(epoch * steps + step + 1)
+            with torch.no_grad():  # CLIP's cap on the temperature: logit scale at most 100
+                unwrap(model).logit_scale.clamp_(0, math.log(100))
+            loss_sum += loss.detach() * len(groups)
+            seen += len(groups)
+            if log and step == 0 and epoch == start_epoch:
+                log.event("first_step", time=time.time())
+            if log and time.perf_counter() - last_event > 2:
+                last_event = time.perf_counter()
+                log.event("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
+                          loss=loss_sum.item() / seen, images_per_sec=seen * world_size / (last_event - started))
+        train_time = time.perf_counter() - started
+        loss_total, seen_total = all_reduce_sum([loss_sum.item(), seen], device)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_total / seen_total,
+                   "temperature": 1 / unwrap(model).logit_scale.exp().item(),
+                   "logit_scale": unwrap(model).logit_scale.exp().item(),
+                   "train_samples_per_sec": seen_total / train_time, "lr": optimizer.param_groups[0]["lr"]}
+        if rank == 0:  # held-out evaluation is small: rank 0 alone computes it while the others wait
+            clip = unwrap(model)
+            image_features = encode_images(clip, data.heldout.images[heldout_index], image_input, device,
+                                           autocast=autocast)
+            with autocast():
+                text_features = encode_texts(clip, tokens[heldout_captions], device)
+            metrics.update(retrieval_recall(image_features, text_features, heldout_groups.to(device)))
+            if data.classes and data.eval_templates:
+                weights = zero_shot_classifier(clip, tokenizer, data.classes, data.eval_templates, device)
+                labels = data.heldout.groups[heldout_index].to(device)
+                metrics["val_zero_shot_top1"] = classification_metrics(image_features @ weights, labels)["top1"]
+        metrics["epoch_time_s"] = time.perf_counter() - started
+        history.append(metrics)
+        checkpoint = None
+        if rank == 0:
+            checkpoint = save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                                          "history": history, "model_name": config.model})
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if log:
+            log.epoch(metrics)
