@@ -1,0 +1,146 @@
+"""The `ensemble` stage: the saved test-set probabilities of several runs, averaged, as a leaderboard row.
+
+The lecture's ensembles (AlexNet's 7 CNNs, the 2016 winner's fusion of Inception, ResNet and WRN models)
+average the members' softmax outputs. Members are the experiment's top-k leaderboard runs or a named
+set; each must have saved `predictions/test_probs.pt` (the train stage does, for in-memory data sets).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.workflow import RunContext, stage
+
+PROBS = "predictions/test_probs.pt"
+LABELS = "predictions/test_labels.pt"
+DEFAULT_TOP_K = 3
+
+
+@dataclass
+class Member:
+    model: str
+    run_id: str
+    probs: torch.Tensor  # float32 (N, classes)
+    labels: torch.Tensor | None
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 and top-5 accuracy and error (%), scored as the training loop scores them."""
+    top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
+    hits = top5 == labels[:, None]
+    top1, top5_acc = 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
+    return {"top1": top1, "top1_err": 100 - top1, "top5": top5_acc, "top5_err": 100 - top5_acc}
+
+
+def has_predictions(client, run_id: str) -> bool:
+    return any(a.path == PROBS for a in client.list_artifacts(run_id, "predictions"))
+
+
+def load_member(client, model: str, run_id: str) -> Member:
+    with tempfile.TemporaryDirectory() as directory:
+        probs = torch.load(client.download_artifacts(run_id, PROBS, directory)).float()
+        has_labels = any(a.path == LABELS for a in client.list_artifacts(run_id, "predictions"))
+        labels = torch.load(client.download_artifacts(run_id, LABELS, directory)) if has_labels else None
+    return Member(model, run_id, probs, labels)
+
+
+def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(model, run id) of each member, and notes on runs passed over."""
+    notes = []
+    if named:
+        by_model = {row["model"]: row["run_id"] for row in board.rows}
+        chosen = []
+        for name in named:
+            if name in by_model:
+                chosen.append((name, by_model[name]))
+                continue
+            try:
+                run = client.get_run(name)
+            except Exception:  # MlflowException for an unknown id; the message below says what to give
+                run = None
+            if run is None or run.info.experiment_id != board.experiment_id:
+                raise PipelineError(f"ensemble member '{name}' is neither a model on the leaderboard of "
+                                    f"'{board.experiment}' ({', '.join(by_model) or 'none'}) nor a run id in it")
+            chosen.append((run.data.tags.get("model", name), name))
+        missing = [model for model, run_id in chosen if not has_predictions(client, run_id)]
+        if missing:
+            raise PipelineError(f"ensemble members {', '.join(missing)} have no saved test-set probabilities "
+                                f"({PROBS}): retrain them with this version, on an in-memory data set")
+        return chosen, notes
+    chosen = []
+    for row in board.rows:
+        if row["kind"] == "ensemble" or len(chosen) == top_k:
+            continue
+        if has_predictions(client, row["run_id"]):
+            chosen.append((row["model"], row["run_id"]))
+        else:
+            notes.append(f"{row['model']} (run {row['run_id']}) has no saved test-set probabilities: passed over")
+    return chosen, notes
+
+
+def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int | None, name: str | None,
+                   parent_run_id: str | None = None, fallback_labels: torch.Tensor | None = None) -> dict:
+    """Average the members' test-set probabilities and log the result as a leaderboard run."""
+    from pipeline import leaderboard
+
+    board = leaderboard.build(tracker.uri, experiment)
+    top_k = None if members_spec else (top_k or DEFAULT_TOP_K)
+    chosen, notes = select(board, tracker.client, top_k, members_spec)
+    if len(chosen) < 2:
+        raise PipelineError(f"an ensemble needs two or more runs with saved test-set probabilities; "
+                            f"'{experiment}' has {len(chosen)}: train more models first")
+    members = [load_member(tracker.client, model, run_id) for model, run_id in chosen]
+    shapes = {tuple(m.probs.shape) for m in members}
+    label_sets = [m.labels for m in members if m.labels is not None]
+    labels = label_sets[0] if label_sets else fallback_labels
+    if len(shapes) > 1 or labels is None or any(not torch.equal(l, labels) for l in label_sets) \
+            or len(labels) != members[0].probs.shape[0]:
+        raise PipelineError(f"ensemble members {', '.join(m.model for m in members)} were not evaluated on the same "
+                            f"test set (probabilities {sorted(shapes)}): ensemble runs of one data set and split")
+    probs = torch.stack([m.probs for m in members]).mean(0)
+    metrics = scores(probs, labels)
+    # Members are scored here the same way (from their saved probabilities) so the gain compares like with like.
+    singles = {m.model: scores(m.probs, labels) for m in members}
+    best = min(singles, key=lambda model: (singles[model]["top1_err"], singles[model]["top5_err"]))
+    rows = {row["run_id"]: row for row in board.rows}
+    cost = {key: sum(rows[m.run_id][key] or 0 for m in members if m.run_id in rows) for key in ("param_count", "gmacs")}
+    metrics.update({"gain_top1_err": singles[best]["top1_err"] - metrics["top1_err"],
+                    "gain_top5_err": singles[best]["top5_err"] - metrics["top5_err"],
+                    "best_single_top1_err": singles[best]["top1_err"], "members": len(members), **cost})
+    label = name or (f"ensemble(top{top_k})" if top_k else f"ensemble({'+'.join(m.model for m in members)})")
+    datasets = {rows[m.run_id]["dataset"] for m in members if m.run_id in rows} - {""}
+    run_id = tracker.start_run(
+        board.experiment_id, label, parent_id=parent_run_id,
+        params={"members": ",".join(m.run_id for m in members), "top_k": top_k or "", "best_single": best},
+        tags={"model": label, "stage": "ensemble", "family": "ensemble", "members": ",".join(m.model for m in members),
+              **({"dataset": datasets.pop()} if len(datasets) == 1 else {})},
+        metrics=metrics)
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(probs.half(), Path(directory) / "test_probs.pt")
+        torch.save(labels, Path(directory) / "test_labels.pt")
+        tracker.log_artifact(run_id, Path(directory) / "test_probs.pt", "predictions")
+        tracker.log_artifact(run_id, Path(directory) / "test_labels.pt", "predictions")
+    tracker.finish(run_id)
+    return {"run_id": run_id, "model": label, "members": [m.model for m in members], "best_single": best,
+            "metrics": metrics, "notes": notes}
+
+
+@stage("ensemble")
+def ensemble_stage(context: RunContext) -> None:
+    """Average the test-set probabilities of the spec's ensemble members; one leaderboard run."""
+    config = context.spec.ensemble
+    labels = context.data.test.labels if context.data is not None else None
+    result = build_ensemble(context.tracker, context.spec.experiment_name, config.members, config.top_k, config.name,
+                            context.parent_run_id, labels)
+    for note in result["notes"]:
+        context.console.print(f"[yellow]note:[/] {note}")
+    m = result["metrics"]
+    context.console.print(
+        f"[bold]{result['model']}[/] of {', '.join(result['members'])}: top-1 error {m['top1_err']:.2f}% "
+        f"(best single, {result['best_single']}: {m['best_single_top1_err']:.2f}%; gain {m['gain_top1_err']:+.2f} "
+        f"points), top-5 error {m['top5_err']:.2f}%, run {result['run_id']}")
+    context.outputs["ensemble"] = result
