@@ -150,6 +150,52 @@ def benchmark_zoo(batch_size: int = typer.Option(64, min=1), steps: int = typer.
     run_zoo_benchmark(model or None, batch_size, steps, image_size, in_chans, threads, console)
 
 
+@app.command()
+def report(experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment."),
+           out: str = typer.Option("report", "--out", "-o", help="Folder for report.html, report.md and PNGs."),
+           ui_url: Optional[str] = typer.Option(None, "--ui-url", help="MLflow UI address for the run links "
+                                                "(default: the tracking server, or `pipeline ui`'s)."),
+           tracking_uri: Optional[str] = TrackingOption) -> None:
+    """A self-contained HTML page and markdown: leaderboard, charts, links to the runs."""
+    from pipeline.report import write_report
+    from pipeline.tracking import resolve_uri
+
+    written = write_report(resolve_uri(tracking_uri), experiment, out, ui_url)
+    for note in written.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report: {written.html} and {written.markdown} ({len(written.images)} charts); "
+                  f"kept in MLflow run {written.run_id}")
+
+
+@app.command()
+def register(experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment."),
+             name: Optional[str] = typer.Option(None, "--name", help="Registered model name (default: the "
+                                                "experiment's)."),
+             tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Register the leaderboard's best model in the MLflow Model Registry with the alias `champion`."""
+    from pipeline.registry import register_champion
+    from pipeline.tracking import resolve_uri
+
+    done = register_champion(resolve_uri(tracking_uri), experiment, name)
+    console.print(f"{done['uri']} = {done['name']} version {done['version']}: {done['model']} "
+                  f"(top-1 error {done['top1_err']:.2f}%, run {done['run_id']})")
+
+
+@app.command()
+def predict(images: list[str] = typer.Argument(..., help="Image files (PNG, JPEG, ...)."),
+            run_id: Optional[str] = typer.Option(None, "--run", help="A training run's weights."),
+            model_uri: Optional[str] = typer.Option(None, "--model-uri", help="A registered model, e.g. "
+                                                    "models:/NAME@champion."),
+            top: int = typer.Option(3, "--top", min=1, help="Labels per image."),
+            tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Classify image files with a training run's model or a registered one; labels with probabilities."""
+    from pipeline.registry import predict as classify
+    from pipeline.tracking import resolve_uri
+
+    for path, labels in zip(images, classify(resolve_uri(tracking_uri), images, run_id, model_uri, top)):
+        print(f"{path}: " + ", ".join(f"{label} {100 * p:.1f}%" for label, p in labels))
+
+
 def main() -> None:
     try:
         app()
