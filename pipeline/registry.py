@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 import torch
 
 from pipeline.errors import PipelineError
@@ -60,10 +61,9 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.classifier = Classifier(context.artifacts["weights"], context.artifacts["meta"])
 
-    def predict(self, context, model_input, params=None):
+    # A DataFrame type hint: MLflow passes the input through (no schema inference from it).
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import io
-
-        import pandas as pd
 
         images = list(model_input["image"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
         images = [io.BytesIO(i) if isinstance(i, (bytes, bytearray)) else i for i in images]
@@ -167,7 +167,5 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
     except MlflowException as exc:
         raise PipelineError(f"cannot load {model_uri} from {tracking_uri} ({str(exc).splitlines()[0][:200]}): "
                             "register one with `pipeline register --experiment NAME`") from None
-    import pandas as pd
-
     frame = model.predict(pd.DataFrame({"image": [str(Path(i).resolve()) for i in images]}))
     return [json.loads(top)[:k] for top in frame["top5"]]
