@@ -326,6 +326,17 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         log.final(final)
 
 
+# Workers log to MLflow themselves; on a cluster they do not share the driver's environment.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+               "MLFLOW_TRACKING_INSECURE_TLS")
+
+
+def tracking_credentials() -> dict[str, str]:
+    import os
+
+    return {key: os.environ[key] for key in CREDENTIALS if key in os.environ}
+
+
 def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=None):
     """Run the worker loop (default: `train_loop_per_worker`) on `resources.num_workers` Ray Train
     workers; returns Ray's Result.
@@ -344,6 +355,7 @@ def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=resources.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env={"env_vars": tracking_credentials()}),
     )
     return trainer.fit()
