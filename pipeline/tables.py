@@ -380,7 +380,7 @@ def models_table() -> Table:
             shape = input_shape(name)
             c = model_complexity(name, num_classes_of(name), shape[0], shape[1])
             first = i == 0  # the family's cells once, on its first row
-            table.rows.append([name, family.name, family.year, shape_text(shape), c["param_count"], c["gmacs"],
+            table.rows.append([name, family.name, str(family.year), shape_text(shape), c["param_count"], c["gmacs"],
                                ", ".join(family.small_models) if first else "",
                                family.ilsvrc_top5_err if first and family.ilsvrc_top5_err is not None else "",
                                family.paper if first else ""])
