@@ -21,4 +21,14 @@ if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ] && [ -z "${FASHION_MNIST_DI
     echo "  (or download the four IDX .gz files and set FASHION_MNIST_DIR to their folder)"
   fi
 fi
+# The team-server test runs Debian's PostgreSQL; the UI test drives Debian's chromium (never `playwright install`).
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing PostgreSQL and Chromium (Debian packages postgresql, chromium) for the tests..."
+    (apt-get install -y -qq postgresql chromium >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get install -y -qq postgresql chromium >/dev/null))
+  else
+    echo "For the team-server and UI tests: sudo apt-get install postgresql chromium"
+  fi
+fi
 echo "Ready: source .venv/bin/activate, then: pipeline run experiments/quickstart.yaml"
