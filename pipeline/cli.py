@@ -150,6 +150,17 @@ def benchmark_zoo(batch_size: int = typer.Option(64, min=1), steps: int = typer.
     run_zoo_benchmark(model or None, batch_size, steps, image_size, in_chans, threads, console)
 
 
+@benchmark_app.command("clip")
+def benchmark_clip(spec: str = typer.Option("experiments/clip_fashion_mnist.yaml", help="A spec with a clip: section."),
+                   set_: Optional[list[str]] = SetOption,
+                   budget_min: float = typer.Option(10.0, help="Pretraining budget in minutes."),
+                   target: float = typer.Option(88.0, help="Zero-shot top-1 (%) to reach.")) -> None:
+    """Zero-shot top-1 after contrastive pretraining, beside the same image tower trained supervised."""
+    from pipeline.clip import run_benchmark
+
+    run_benchmark(spec, set_ or [], budget_min, target, console)
+
+
 @app.command()
 def report(experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment."),
            out: str = typer.Option("report", "--out", "-o", help="Folder for report.html, report.md and PNGs."),

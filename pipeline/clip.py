@@ -52,11 +52,11 @@ def register_small_models() -> None:
 
     import models  # noqa: F401  (registers the zoo in timm's registry)
 
-    # open_clip registers configs from JSON files only: write ours to a folder of this process.
-    folder = Path(tempfile.mkdtemp(prefix="pipeline-clip-configs-"))
-    for name, config in SMALL_MODELS.items():
-        (folder / f"{name}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder)
+    # open_clip registers configs from JSON files only, read at once (later rescans keep them).
+    with tempfile.TemporaryDirectory(prefix="pipeline-clip-configs-") as folder:
+        for name, config in SMALL_MODELS.items():
+            (Path(folder) / f"{name}.json").write_text(json.dumps(config))
+        open_clip.add_model_config(folder)
 
 
 def model_names() -> list[str]:
@@ -140,9 +140,12 @@ class ImageInput:
     def of_model(cls, model, mean=None, std=None) -> "ImageInput":
         """The model's input size; its own normalization unless the data's is given (a model trained here)."""
         cfg = getattr(model.visual, "preprocess_cfg", {})
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        return cls(int(size), tuple(mean or cfg.get("mean")), tuple(std or cfg.get("std")))
+        return cls(input_size(model), tuple(mean or cfg.get("mean")), tuple(std or cfg.get("std")))
+
+
+def input_size(model) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 @dataclass
@@ -326,7 +329,12 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
             log.epoch(past)
 
     heldout_index, heldout_captions, heldout_groups = heldout_pairs(data.heldout, hp.heldout_pairs, hp.seed)
+    budget_s = hp.time_limit_min * 60 if hp.time_limit_min else None
+    spent_s = sum(h["epoch_time_s"] for h in history)
+    out_of_time = False
     for epoch in range(start_epoch, hp.epochs):
+        if out_of_time or (budget_s and spent_s >= budget_s):
+            break
         model.train()
         started = time.perf_counter()
         # Seeded per epoch and rank: a restarted worker draws the same captions and shifts again.
@@ -345,7 +353,12 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
             if hp.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             optimizer.step()
-            scheduler.step_update(epoch * steps + step + 1)
+            if budget_s:
+                fraction = _slowest_clock(spent_s + time.perf_counter() - started, device) / budget_s
+                _set_lr(optimizer, _cosine(hp.lr, hp.min_lr, fraction))
+                out_of_time = fraction >= 1
+            else:
+                scheduler.step_update(epoch * steps + step + 1)
             with torch.no_grad():  # CLIP's cap on the temperature: logit scale at most 100
                 unwrap(model).logit_scale.clamp_(0, math.log(100))
             loss_sum += loss.detach() * len(groups)
@@ -356,6 +369,8 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
                 last_event = time.perf_counter()
                 log.event("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
                           loss=loss_sum.item() / seen, images_per_sec=seen * world_size / (last_event - started))
+            if out_of_time:
+                break
         train_time = time.perf_counter() - started
         loss_total, seen_total = all_reduce_sum([loss_sum.item(), seen], device)
         metrics = {"epoch": epoch + 1, "train_loss": loss_total / seen_total,
@@ -374,6 +389,7 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
                 labels = data.heldout.groups[heldout_index].to(device)
                 metrics["val_zero_shot_top1"] = classification_metrics(image_features @ weights, labels)["top1"]
         metrics["epoch_time_s"] = time.perf_counter() - started
+        spent_s += metrics["epoch_time_s"]
         history.append(metrics)
         checkpoint = None
         if rank == 0:
@@ -383,3 +399,122 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
         if log:
             log.epoch(metrics)
+
+
+def _slowest_clock(seconds: float, device) -> float:
+    """The largest of the workers' clocks: every worker takes the same decision on the same step."""
+    import torch.distributed as dist
+
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.item()
+
+
+def _cosine(lr: float, min_lr: float, fraction: float) -> float:
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# --- the benchmark: zero-shot after a time budget, beside the same image tower trained supervised ---
+
+def supervised_baseline(model_name: str, model_kwargs: dict, splits, image_input: ImageInput, epochs: int,
+                        batch_size: int, lr: float, weight_decay: float, max_shift: int, time_budget_s: float,
+                        threads: int, seed: int = 0) -> dict[str, float]:
+    """The CLIP model's image tower plus a linear head, trained with cross-entropy in a plain loop:
+    the same epochs, global batch, augmentation and CPU threads, stopped at the same wall-clock budget."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from pipeline.data.augment import random_hflip, random_translate
+    from pipeline.data.batches import TensorBatches
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    clip_model, _ = create_model(model_name, **model_kwargs)
+    tower = clip_model.visual
+    with torch.no_grad():
+        width = tower(image_input(splits.train.images[:2])).shape[1]
+    net = nn.Sequential(tower, nn.Linear(width, splits.train.num_classes))
+    batches = TensorBatches(splits.train, 0, 1, batch_size, torch.device("cpu"), seed)
+    optimizer = create_optimizer_v2(net, opt="adamw", lr=lr, weight_decay=weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=0,
+                                       step_on_epochs=False, updates_per_epoch=batches.steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    started, steps_done, out_of_time = time.perf_counter(), 0, False
+    for epoch in range(epochs):
+        net.train()
+        for images, labels in batches.epoch(epoch):
+            images = random_translate(images, max_shift, generator)
+            if splits.train.hflip:
+                images = random_hflip(images, generator)
+            loss = F.cross_entropy(net(image_input(images)), labels, label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps_done += 1
+            scheduler.step_update(steps_done)
+            if time.perf_counter() - started > time_budget_s:
+                out_of_time = True
+                break
+        if out_of_time:
+            break
+    train_time = time.perf_counter() - started
+    net.eval()
+    with torch.no_grad():
+        logits = torch.cat([net(image_input(chunk)) for chunk in splits.test.images.split(1000)])
+    return {**classification_metrics(logits, splits.test.labels), "train_time_s": train_time,
+            "epochs": steps_done / batches.steps_per_epoch}
+
+
+def run_benchmark(spec_path: str, overrides: list[str], budget_min: float, target: float, console) -> bool:
+    """Pretrain and evaluate zero-shot as the spec says, then train the same image tower supervised
+    with the same budget; print the figures side by side. True when the target is met."""
+    from rich.table import Table
+
+    from pipeline import workflow
+    from pipeline.config import load_spec
+
+    spec = load_spec(spec_path, overrides)
+    spec.stages = ["clip_pretrain", "zero_shot"]
+    started = time.perf_counter()
+    context = workflow.run(spec, console)
+    if context.failures:
+        raise PipelineError(f"pretraining failed: {', '.join(context.failures)} (see the run's 'error' tag in MLflow)")
+    pretrain = context.outputs["clip_pretrain"]
+    pretrain_s = sum(h["epoch_time_s"] for h in pretrain["history"])
+    zero_shot = context.outputs["zero_shot"]["zero_shot"]["metrics"]
+    probe = context.outputs["zero_shot"].get("linear_probe", {}).get("metrics")
+    console.print(f"pretraining: {len(pretrain['history'])} epochs in {pretrain_s / 60:.1f} min "
+                  f"(whole workflow so far {(time.perf_counter() - started) / 60:.1f} min); "
+                  "now the same image tower, supervised, with the same budget...")
+    clip_config = spec.clip
+    image_input = ImageInput.of_model(create_model(clip_config.model, **clip_config.model_kwargs)[0],
+                                      context.data.train.mean, context.data.train.std)
+    supervised = supervised_baseline(
+        clip_config.model, clip_config.model_kwargs, context.data, image_input,
+        clip_config.train.epochs, clip_config.train.batch_size * spec.resources.num_workers, clip_config.train.lr,
+        clip_config.train.weight_decay, spec.data.max_shift if spec.data.augment else 0, pretrain_s,
+        max(1, int(spec.resources.num_workers * spec.resources.cpus_per_worker)), clip_config.train.seed)
+
+    table = Table(title=f"{clip_config.model} on {spec.data.name}: test set, {len(context.data.test):,} images")
+    for column in ("", "top-1", "top-5", "mean class recall", "training"):
+        table.add_column(column, justify="left" if not column else "right")
+    train_note = f"{len(pretrain['history'])} epochs, {pretrain_s / 60:.1f} min"
+    table.add_row("zero-shot (contrastive pretraining)", f"{zero_shot['top1']:.2f}%", f"{zero_shot['top5']:.2f}%",
+                  f"{zero_shot['mean_class_recall']:.2f}%", train_note)
+    if probe:
+        table.add_row("linear probe on the same frozen features", f"{probe['top1']:.2f}%", f"{probe['top5']:.2f}%",
+                      f"{probe['mean_class_recall']:.2f}%", train_note + " + probe")
+    table.add_row("supervised, same image tower", f"{supervised['top1']:.2f}%", f"{supervised['top5']:.2f}%",
+                  f"{supervised['mean_class_recall']:.2f}%",
+                  f"{supervised['epochs']:.1f} epochs, {supervised['train_time_s'] / 60:.1f} min")
+    console.print(table)
+    met = zero_shot["top1"] >= target and pretrain_s <= budget_min * 60
+    console.print(f"target: zero-shot top-1 >= {target:.0f}% after at most {budget_min:g} min of pretraining: "
+                  f"[bold]{'met' if met else 'NOT met'}[/] ({zero_shot['top1']:.2f}% after {pretrain_s / 60:.1f} min)")
+    return met

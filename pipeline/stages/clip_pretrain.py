@@ -68,15 +68,17 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
 def clip_pretrain_stage(context: RunContext) -> None:
     import ray
 
-    from pipeline.clip import ClipWorkerConfig, ImageInput, create_model, pretrain_loop_per_worker, save_model
+    from pipeline.clip import (ClipWorkerConfig, ImageInput, create_model, input_size, pretrain_loop_per_worker,
+                               save_model)
     from pipeline.train import STATE_FILE, fit
 
     spec, tracker = context.spec, context.tracker
     config = spec.clip
     model, tokenizer = create_model(config.model, config.pretrained, **config.model_kwargs)
-    image_size = ImageInput.of_model(model, (0.5,), (0.25,)).size
+    image_size = input_size(model)
     data, mean, std = build_pairs(context, tokenizer, image_size)
-    image_input = ImageInput(image_size, tuple(mean), tuple(std))
+    # A model trained from scratch normalizes with the data's statistics; pretrained weights keep their own.
+    image_input = ImageInput.of_model(model) if config.pretrained else ImageInput(image_size, tuple(mean), tuple(std))
     params = sum(p.numel() for p in model.parameters()) / 1e6
     run_id = tracker.start_run(
         context.experiment_id, f"{config.model} (clip pretrain)", parent_id=context.parent_run_id,
@@ -113,7 +115,7 @@ def clip_pretrain_stage(context: RunContext) -> None:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         save_model(model, {"model": config.model, "model_kwargs": config.model_kwargs,
-                           "image_size": image_size, "mean": list(mean), "std": list(std),
+                           "image_size": image_size, "mean": list(image_input.mean), "std": list(image_input.std),
                            "pretrain_run_id": run_id}, Path(out))
         for name in ("model.pt", "model.json"):
             tracker.log_artifact(run_id, Path(out) / name, "model")

@@ -32,6 +32,9 @@ def load_model(context: RunContext, folder: str):
         name = f"{zero_shot.model}.{zero_shot.pretrained}" if zero_shot.pretrained else zero_shot.model
         return model, tokenizer, ImageInput.of_model(model), name, {}
     pretrain = context.outputs.get(PRETRAIN_STAGE, {})
+    if not pretrain and PRETRAIN_STAGE in context.spec.stages:
+        raise PipelineError(f"stage {PRETRAIN_STAGE} of this run left no model to evaluate (see its run's "
+                            f"'error' tag in MLflow)")
     run_id = pretrain.get("run_id") or latest_pretrain_run(context.tracker, context.experiment_id,
                                                            context.spec.experiment_name)
     directory = context.tracker.client.download_artifacts(run_id, "model", folder)
