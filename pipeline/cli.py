@@ -34,11 +34,31 @@ def validate(spec: str, set_: Optional[list[str]] = SetOption) -> None:
 
 @app.command()
 def run(spec: str, set_: Optional[list[str]] = SetOption,
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs.")) -> None:
-    """Run an experiment spec: its stages in order, tracked in MLflow."""
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+        address: Optional[str] = typer.Option(None, "--address", help="Submit to this Ray cluster's head through "
+                                              "Ray Jobs (http://HEAD:8265) instead of running here."),
+        working_dir: str = typer.Option(".", "--working-dir", help="With --address: the folder sent to the "
+                                        "cluster as the job's working directory (holds the spec)."),
+        detach: bool = typer.Option(False, "--detach", help="With --address: return after submitting.")) -> None:
+    """Run an experiment spec: its stages in order, tracked in MLflow (here, or on a cluster with --address)."""
     from pipeline import workflow
     from pipeline.config import load_spec
 
+    if address:
+        from pipeline import jobs
+
+        job_id = jobs.submit(spec, set_ or [], address, working_dir, verbose)
+        console.print(f"submitted job [bold]{job_id}[/] to {address}")
+        if detach:
+            console.print(f"follow it with: pipeline logs {job_id} --follow --address {address}")
+            return
+        try:
+            status = jobs.follow(address, job_id)
+        except KeyboardInterrupt:
+            console.print(f"the job goes on; stop it with: pipeline stop {job_id} --address {address}")
+            return
+        console.print(f"job {job_id}: {status}")
+        return
     loaded = load_spec(spec, set_ or [])
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
@@ -205,6 +225,62 @@ def predict(images: list[str] = typer.Argument(..., help="Image files (PNG, JPEG
 
     for path, labels in zip(images, classify(resolve_uri(tracking_uri), images, run_id, model_uri, top)):
         print(f"{path}: " + ", ".join(f"{label} {100 * p:.1f}%" for label, p in labels))
+
+
+@benchmark_app.command("tracking")
+def benchmark_tracking(model: str = "lenet5", data: str = typer.Option("fashion_mnist", help="A named data set."),
+                       batch_size: int = 128, steps: int = typer.Option(40, help="Training steps per epoch."),
+                       epochs: int = typer.Option(4, min=2, help="Epochs; the first is warm-up."),
+                       threads: int = typer.Option(1, min=1, help="CPU threads."),
+                       repeats: int = typer.Option(2, min=1, help="Interleaved (off, on) pairs.")) -> None:
+    """Training-step time with MLflow tracking on and off, side by side."""
+    from pipeline.benchmark import run_tracking_benchmark
+
+    run_tracking_benchmark(model, data, batch_size, steps, epochs, threads, repeats, console)
+
+
+AddressOption = typer.Option(os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"), "--address",
+                             help="The Ray cluster's head (dashboard address; $RAY_API_SERVER_ADDRESS).")
+
+
+@app.command("jobs")
+def list_jobs(address: str = AddressOption) -> None:
+    """The Ray Jobs on a cluster: id, status, start time, entrypoint."""
+    import datetime
+
+    from rich.table import Table
+
+    from pipeline import jobs
+
+    table = Table(title=f"Ray Jobs on {address}")
+    for column in ("job", "status", "started", "entrypoint"):
+        table.add_column(column)
+    for job in jobs.list_jobs(address):
+        started = datetime.datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S") \
+            if job.start_time else ""
+        table.add_row(job.submission_id or job.job_id or "", str(job.status), started, job.entrypoint)
+    console.print(table)
+
+
+@app.command()
+def logs(job: str, follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+         address: str = AddressOption) -> None:
+    """A Ray Job's output (its driver's log)."""
+    from pipeline import jobs
+
+    if follow:
+        console.print(f"job {job}: {jobs.follow(address, job)}")
+    else:
+        print(jobs.logs(address, job), end="")
+
+
+@app.command()
+def stop(job: str, address: str = AddressOption) -> None:
+    """Stop a Ray Job; its finished trials stay in MLflow and a re-run resumes the sweep."""
+    from pipeline import jobs
+
+    stopped = jobs.stop(address, job)
+    console.print(f"job {job}: {'stopping' if stopped else 'already ended'}")
 
 
 def main() -> None:

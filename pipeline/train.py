@@ -43,6 +43,7 @@ class WorkerConfig:
     tracking_uri: str | None = None
     progress: Any = None  # a ray.util.queue.Queue the driver reads progress events from
     label: str = ""  # the model's name in progress events
+    evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -112,6 +113,9 @@ class EpochLog:
             self.tracker = Tracker(config.tracking_uri)
             self.run_id = config.run_id
             self.logged = self.tracker.logged_steps(config.run_id, "epoch")
+            import ray
+
+            self.tracker.client.set_tag(self.run_id, "ray_node_id", ray.get_runtime_context().get_node_id())
 
     def event(self, kind: str, **payload) -> None:
         if self.progress is not None:
@@ -130,7 +134,7 @@ class EpochLog:
         self.event("epoch", metrics=metrics)
 
     def final(self, metrics: dict[str, float]) -> None:
-        if self.tracker and not self.tracker.logged_steps(self.run_id, "top1"):
+        if self.tracker and not self.tracker.logged_steps(self.run_id, "train_time_s"):
             self.tracker.log(self.run_id, metrics, step=0)
         self.event("final", metrics=metrics)
 
@@ -181,7 +185,7 @@ def make_batches(config: WorkerConfig, rank: int, world_size: int, device: torch
     if config.splits_ref is not None:
         splits = ray.get(config.splits_ref)
         return (TensorBatches(splits.train, rank, world_size, batch_size, device, seed),
-                TensorBatches(splits.val, rank, world_size, batch_size, device),
+                TensorBatches(splits.val, rank, world_size, batch_size, device) if len(splits.val) else None,
                 TensorBatches(splits.test, rank, world_size, batch_size, device))
     s = config.stream
     every = max(2, round(1 / config.data["val_fraction"])) if config.data["val_fraction"] else 0
@@ -305,9 +309,9 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             log.epoch(metrics)
 
     # Test-set probabilities (in data-set order) are kept for ensembles; streamed sets have no fixed order.
-    probabilities = [] if config.splits_ref is not None else None
+    probabilities = [] if config.splits_ref is not None and config.evaluate_test else None
     test = evaluate(unwrap(model), test_batches.in_order(256), augment, eval_criterion, device, autocast,
-                    probabilities)
+                    probabilities) if config.evaluate_test else None
     extra = {}
     if probabilities is not None:
         shard = torch.cat(probabilities).half() if probabilities else torch.empty(0, config.num_classes).half()
@@ -315,11 +319,13 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             extra[TEST_PROBS] = full
     # Steady-state throughput: the first epoch includes warm-up (allocations, lazy init).
     steady = history[1:] or history
-    final = {"top1": test["top1"], "top1_err": 100 - test["top1"], "top5": test["top5"],
-             "top5_err": 100 - test["top5"], "test_loss": test["loss"], "epochs": hp.epochs,
+    final = {"epochs": hp.epochs,
              "train_samples_per_sec": sum(h["train_samples_per_sec"] for h in steady) / len(steady),
              "train_time_s": sum(h["epoch_time_s"] for h in history)}
-    if not math.isfinite(test["loss"]):
+    if test is not None:
+        final.update({"top1": test["top1"], "top1_err": 100 - test["top1"], "top5": test["top5"],
+                      "top5_err": 100 - test["top5"], "test_loss": test["loss"]})
+    if not math.isfinite(test["loss"] if test is not None else history[-1]["train_loss"]):
         final["diverged"] = 1.0
     ray.train.report({**history[-1], **final}, checkpoint=checkpoint(hp.epochs, extra))
     if log:
@@ -337,11 +343,13 @@ def tracking_credentials() -> dict[str, str]:
     return {key: os.environ[key] for key in CREDENTIALS if key in os.environ}
 
 
-def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=None):
+def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=None,
+        callbacks: list | None = None):
     """Run the worker loop (default: `train_loop_per_worker`) on `resources.num_workers` Ray Train
     workers; returns Ray's Result.
 
-    Reusing `run_name` under the same storage path resumes from its latest checkpoint.
+    Reusing `run_name` under the same storage path resumes from its latest checkpoint. `callbacks` are
+    Ray Train UserCallbacks (in a Tune trial: `ray.tune.integration.ray_train.TuneReportCallback()`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -355,7 +363,7 @@ def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=
                                      resources_per_worker=per_worker),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=resources.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
                              worker_runtime_env={"env_vars": tracking_credentials()}),
     )
     return trainer.fit()
