@@ -99,3 +99,71 @@ def run_benchmark(model: str, data_name: str, batch_size: int, steps: int, epoch
     console.print(f"ratio pipeline / plain: [bold]{steady_ray / steady_plain:.3f}[/] (target >= 0.95)")
     console.print(f"fixed start-up cost: Ray start {ray_path['ray_init_s']:.1f} s, "
                   f"workers up to first step {ray_path['first_step_s']:.1f} s")
+
+
+def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: int, epochs: int, threads: int,
+                           repeats: int, console: Console) -> dict[str, float]:
+    """Training-step time of the pipeline's path with MLflow logging on and off, interleaved `repeats` times.
+
+    Logging happens per epoch on rank 0, one `log_batch` request per epoch, outside the step loop; this
+    measures what that costs the steps (median over repeats of the steady-state epochs).
+    """
+    import statistics
+
+    import ray
+
+    from pipeline.cluster import init_ray
+    from pipeline.config import parse_spec
+    from pipeline.data import load_splits
+    from pipeline.progress import ProgressPrinter
+    from pipeline.tracking import Tracker
+    from pipeline.train import WorkerConfig, fit
+
+    spec = parse_spec({
+        "name": "benchmark", "models": [model], "stages": ["train"],
+        "data": {"name": data_name, "limit_train": batch_size * steps, "val_fraction": 0.0},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "warmup_epochs": 0},
+        "resources": {"num_workers": 1, "cpus_per_worker": threads, "threads_per_worker": threads,
+                      "max_failures": 0},
+        "storage_path": ".pipeline/benchmark"})
+    splits = load_splits(spec.data)
+    init_ray()
+    splits_ref = ray.put(splits)
+    tracker = Tracker(f"sqlite:///{os.path.abspath('.pipeline/benchmark/mlflow.db')}")
+    os.makedirs(".pipeline/benchmark", exist_ok=True)
+    experiment = tracker.experiment_id("benchmark-tracking")
+    console.print(f"{model}, {data_name}: {steps} steps of batch {batch_size} per epoch, {epochs} epochs, "
+                  f"{threads} CPU thread(s), {repeats} x (tracking off, tracking on)")
+    step_ms: dict[str, list[float]] = {"off": [], "on": []}
+    for repeat in range(repeats):
+        for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):  # alternate to cancel order effects
+            run_id = tracker.start_run(experiment, f"{model}-{mode}", tags={"stage": "benchmark"}) \
+                if mode == "on" else None
+            with ProgressPrinter(console) as progress:
+                config = WorkerConfig(model=model, model_kwargs={}, train=spec.train.model_dump(),
+                                      data=spec.data.model_dump(), num_classes=splits.train.num_classes,
+                                      in_chans=splits.train.in_chans, mean=splits.train.mean, std=splits.train.std,
+                                      hflip=splits.train.hflip, threads=threads, splits_ref=splits_ref,
+                                      run_id=run_id, tracking_uri=tracker.uri if run_id else None,
+                                      progress=progress.queue, label=f"{model} (tracking {mode})")
+                result = fit(config, spec.resources, os.path.abspath(spec.storage_path),
+                             f"benchmark-tracking-{int(time.time())}-{repeat}-{mode}")
+            if result.error:
+                raise result.error
+            if run_id:
+                tracker.finish(run_id)
+            with result.checkpoint.as_directory() as directory:
+                history = torch.load(os.path.join(directory, "state.pt"), weights_only=False)["history"]
+            rates = [h["train_samples_per_sec"] for h in history[1:]]  # the first epoch is warm-up
+            step_ms[mode].append(1000 * batch_size / statistics.median(rates))
+    off, on = statistics.median(step_ms["off"]), statistics.median(step_ms["on"])
+    table = Table(title="Training-step time, MLflow tracking off and on (steady-state epochs)")
+    table.add_column("tracking")
+    table.add_column("median ms/step", justify="right")
+    table.add_column("per repeat", justify="left")
+    for mode, value in (("off", off), ("on (per-epoch log_batch)", on)):
+        table.add_row(mode, f"{value:.2f}", ", ".join(f"{v:.2f}" for v in step_ms[mode.split()[0]]))
+    console.print(table)
+    ratio = off / on
+    console.print(f"ratio (step time off / on): [bold]{ratio:.3f}[/] (target >= 0.98)")
+    return {"off_ms": off, "on_ms": on, "ratio": ratio}
