@@ -239,6 +239,16 @@ def benchmark_tracking(model: str = "lenet5", data: str = typer.Option("fashion_
     run_tracking_benchmark(model, data, batch_size, steps, epochs, threads, repeats, console)
 
 
+@benchmark_app.command("sweep")
+def benchmark_sweep(model: str = "lenet5", samples: int = typer.Option(6, min=2, help="Configurations sampled."),
+                    epochs: int = typer.Option(4, min=2, help="Epochs of a trial that is not stopped."),
+                    limit_train: int = typer.Option(4000, min=100, help="Training images.")) -> None:
+    """ASHA against the same search without early stopping: best validation error and compute, side by side."""
+    from pipeline.benchmark import run_sweep_benchmark
+
+    run_sweep_benchmark(model, samples, epochs, limit_train, console)
+
+
 AddressOption = typer.Option(os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"), "--address",
                              help="The Ray cluster's head (dashboard address; $RAY_API_SERVER_ADDRESS).")
 

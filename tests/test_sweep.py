@@ -1,0 +1,162 @@
+"""Sweeps on a real local Ray cluster and a real MLflow store: trials as child runs, ASHA, failures,
+the retrain stage, resuming after the driver is killed, and bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from rich.console import Console
+
+from pipeline import leaderboard, workflow
+from pipeline.config import parse_spec
+from pipeline.errors import PipelineError
+
+from conftest import run_cli
+
+
+def sweep_spec(workdir: Path, **sweep) -> dict:
+    return {"name": "tinysweep", "data": {"name": "synthetic", "synthetic_size": 240, "val_fraction": 0.25},
+            "models": ["lenet5"],
+            "train": {"epochs": 2, "batch_size": 32, "lr": 0.005, "warmup_epochs": 0},
+            "sweep": {"space": {"lr": {"type": "loguniform", "low": 0.001, "high": 0.02},
+                                # fusedadam needs CUDA: that trial fails on a CPU cluster
+                                "optimizer": {"type": "grid", "values": ["adamw", "sgd", "fusedadam"]}},
+                      "num_samples": 1, "search": "random", "scheduler": "asha", "max_concurrent_trials": 2,
+                      "retrain_epochs": 1, **sweep},
+            "stages": ["sweep", "retrain"],
+            "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}, "storage_path": str(workdir / "checkpoints")}
+
+
+def runs_by_stage(client, experiment_id, stage):
+    return client.search_runs([experiment_id], f"tags.stage = '{stage}'")
+
+
+def test_sweep_trials_are_child_runs_best_config_recorded_failed_trial_does_not_end_it(ray_cluster, workdir):
+    spec = parse_spec(sweep_spec(workdir))
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    client = MlflowClient(spec.tracking.uri)
+    [sweep] = runs_by_stage(client, context.experiment_id, "sweep")
+    trials = runs_by_stage(client, context.experiment_id, "trial")
+    assert sweep.data.tags["mlflow.parentRunId"] == context.parent_run_id
+    assert len(trials) == 3 and all(t.data.tags["mlflow.parentRunId"] == sweep.info.run_id for t in trials)
+    by_optimizer = {t.data.params["train.optimizer"]: t for t in trials}
+    failed = by_optimizer["fusedadam"]
+    assert failed.info.status == "FAILED" and failed.data.tags["end"] == "failed"
+    assert "CUDA" in failed.data.tags["error"]
+    for name in ("adamw", "sgd"):
+        run = by_optimizer[name]
+        assert run.info.status == "FINISHED" and run.data.tags["end"] in ("completed", "stopped_early")
+        epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs  # per-epoch metrics, each once
+        assert run.data.params["sampled.lr"] == run.data.params["train.lr"]
+        assert "top1" not in run.data.metrics  # trials never see the test set
+        assert run.data.metrics["startup_s"] > 0
+    # The best config is the finished trial with the lowest final val_loss, recorded on the sweep run.
+    finished = [t for t in trials if t.info.status == "FINISHED"]
+    best = min(finished, key=lambda t: t.data.metrics["val_loss"])
+    assert sweep.info.status == "FINISHED"
+    assert sweep.data.params["best.optimizer"] == best.data.params["train.optimizer"]
+    assert float(sweep.data.params["best.lr"]) == pytest.approx(float(best.data.params["train.lr"]))
+    assert sweep.data.tags["best_trial_id"] == best.data.tags["trial_id"]
+    assert sweep.data.metrics["best_val_loss"] == pytest.approx(best.data.metrics["val_loss"])
+    # The retrain run: best config, train + validation, test metrics, on the leaderboard, linked to its sweep.
+    [retrain] = runs_by_stage(client, context.experiment_id, "retrain")
+    assert retrain.data.tags["sweep_run_id"] == sweep.info.run_id
+    assert retrain.data.params["train.optimizer"] == best.data.params["train.optimizer"]
+    assert retrain.data.params["data.val_fraction"] == "0.0" and retrain.data.params["train.epochs"] == "1"
+    assert "top1_err" in retrain.data.metrics
+    board = leaderboard.build(spec.tracking.uri, spec.experiment_name)
+    assert [row["run_id"] for row in board.rows] == [retrain.info.run_id]
+    assert context.failures == []  # a failed trial does not fail the sweep
+
+
+def _runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("synthetic")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_killed_driver_resumes_sweep_without_rerunning_finished_trials(workdir):
+    tree = sweep_spec(workdir, max_concurrent_trials=1, scheduler="none")
+    tree["sweep"]["space"]["optimizer"]["values"] = ["adamw", "sgd"]
+    tree["stages"] = ["sweep"]
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(tree))
+    uri = tree["tracking"]["uri"]
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "spec.yaml"], cwd=workdir, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # kill the driver (and the Ray it started) once the first trial has finished
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            if any(r.data.tags.get("end") == "completed" for r in _runs(uri)):
+                break
+            time.sleep(1)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {r.data.tags["trial_key"]: r for r in _runs(uri) if r.data.tags.get("stage") == "trial"}
+    done_before = {k for k, r in before.items() if r.data.tags.get("end") == "completed"}
+    assert done_before and len(done_before) < 2
+
+    result = run_cli("run", "spec.yaml", cwd=workdir, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = _runs(uri)
+    trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
+    keys = [r.data.tags["trial_key"] for r in trials]
+    assert len(keys) == len(set(keys)) == 2  # no duplicate trial runs
+    assert all(r.info.status == "FINISHED" and r.data.tags["end"] == "completed" for r in trials)
+    client = MlflowClient(uri)
+    for key in done_before:  # the finished trial was not re-run: its epochs were logged once
+        steps = [m.step for m in client.get_metric_history(before[key].info.run_id, "val_loss")]
+        assert sorted(steps) == [1, 2]
+        assert "resumed_from_epoch" not in client.get_run(before[key].info.run_id).data.tags
+    [sweep] = [r for r in runs if r.data.tags.get("stage") == "sweep"]  # the same sweep run, reused
+    assert sweep.info.status == "FINISHED" and "best.lr" in sweep.data.params
+    workflows = [r for r in runs if r.data.tags.get("stage") == "workflow"]
+    assert sorted(r.info.status for r in workflows) == ["FINISHED", "KILLED"]  # the orphan is marked
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"space": {"lr": {"type": "normal", "low": 0.1, "high": 1}}}, "unknown search-space type 'normal'"),
+    ({"space": {"learning_rate": {"type": "uniform", "low": 0.1, "high": 1}}},
+     "'learning_rate' is not a field of the train section"),
+    ({"space": {"lr": {"type": "uniform", "low": 1, "high": 0.1}}}, "needs low < high"),
+    ({"space": {"batch_size": {"type": "choice", "values": [64, 0]}}}, "greater than or equal to 1"),
+    ({"space": {"lr": {"type": "uniform", "low": 0.1, "high": 1}}, "search": "grid"}, "needs discrete values"),
+    ({"space": {"lr": {"type": "grid", "values": [0.1]}}, "search": "optuna"}, "cannot enumerate a grid"),
+    ({"space": {"lr": {"type": "uniform", "low": 0.1, "high": 1}}, "metric": "top1"}, "sweep.metric"),
+])
+def test_bad_sweep_input_is_a_one_line_error(workdir, sweep, message):
+    tree = sweep_spec(workdir)
+    tree["sweep"] = sweep
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(")):
+        parse_spec(tree)
+
+
+def test_unknown_search_type_on_the_command_line(workdir):
+    tree = sweep_spec(workdir)
+    tree["sweep"]["space"]["lr"]["type"] = "logunifrom"
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(tree))
+    result = run_cli("run", "bad.yaml", cwd=workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "unknown search-space type 'logunifrom' (did you mean loguniform" in result.stderr
+    assert not (workdir / "mlflow.db").exists()  # nothing was started
+
+
+def test_sweep_stage_needs_a_sweep_section(workdir):
+    tree = sweep_spec(workdir)
+    del tree["sweep"]
+    with pytest.raises(PipelineError, match="stage 'sweep' needs a sweep: section"):
+        parse_spec(tree)
+    tree = sweep_spec(workdir)
+    tree["stages"] = ["retrain", "sweep"]
+    with pytest.raises(PipelineError, match="list it after 'sweep'"):
+        parse_spec(tree)
