@@ -2,11 +2,15 @@
 templates alone (a leaderboard row marked zero-shot), beside a linear probe on the same frozen features."""
 from __future__ import annotations
 
+import os
 import tempfile
 
 from pipeline.errors import PipelineError
 from pipeline.stages.clip_pretrain import STAGE as PRETRAIN_STAGE
 from pipeline.workflow import RunContext, stage
+
+# The model is a few MB: MLflow's download progress bar would only clutter the stage's output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def latest_pretrain_run(tracker, experiment_id: str, experiment: str) -> str:
