@@ -98,7 +98,13 @@ def create_model(name: str, pretrained: str | None = None, **kwargs):
                                 f"(offline?): download them once where the Hugging Face hub is reachable "
                                 f"(they are cached), or give a local weights file as pretrained") from None
         raise
-    return model, open_clip.get_tokenizer(name)
+    try:
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as exc:  # models with a Hugging Face tokenizer (SigLIP, ...) fetch it from the hub
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"the tokenizer of CLIP model '{name}' cannot be loaded ({reason}): it comes from "
+                            f"the Hugging Face hub; fetch it once where the hub is reachable") from None
+    return model, tokenizer
 
 
 @contextmanager
