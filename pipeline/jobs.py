@@ -97,11 +97,19 @@ def check_ended(address: str, job_id: str) -> str:
     info = _call(address, client(address).get_job_info, job_id)
     status = str(info.status)
     if status == "FAILED":
-        reason = (info.message or "").strip().splitlines()
-        raise PipelineError(f"job {job_id} failed: {reason[-1] if reason else 'see `pipeline logs ' + job_id + '`'}")
+        raise PipelineError(f"job {job_id} failed: {_reason(info.message or '') or 'see `pipeline logs ' + job_id + '`'}")
     if status == "STOPPED":
         raise PipelineError(f"job {job_id} was stopped")
     return status
+
+
+def _reason(message: str) -> str:
+    """The job's own one-line error (`error: ...` from the pipeline, else the last exception line) in its log tail."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if mine := [line for line in lines if line.startswith("error:")]:
+        return mine[-1].removeprefix("error:").strip()
+    errors = [line for line in lines if "Error" in line.split(":")[0]]
+    return (errors or lines or [""])[-1]
 
 
 def list_jobs(address: str) -> list:

@@ -2,6 +2,7 @@
 token auth on), a sweep submitted through Ray Jobs, results in an MLflow server reached over HTTP."""
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,10 +44,11 @@ def http_ok(url: str) -> bool:
         return getattr(exc, "code", None) == 401  # the dashboard is up, and asks for the token
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
     """Head (1 CPU) + second node (1 CPU, resource node2) and an MLflow server; only these processes
     are torn down at the end (never `ray stop`, which would end other people's clusters)."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     token = secrets.token_hex(32)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # the job's `python` is the project's
@@ -74,7 +76,8 @@ def cluster(tmp_path):
         address = f"http://127.0.0.1:{dashboard}"
         wait_for(lambda: http_ok(f"{address}/api/version"), 120, "the head's dashboard")
         start([str(VENV_BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", "--resources", '{"node2": 1}',
-               "--temp-dir", str(temp), "--node-manager-port", str(free_port()),
+               # its own temp dir: nodes sharing one would delete each other's job working directories
+               "--temp-dir", f"{temp}n2", "--node-manager-port", str(free_port()),
                "--object-manager-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()), *common])
         tracking = f"http://127.0.0.1:{mlflow_port}"
@@ -88,9 +91,11 @@ def cluster(tmp_path):
                 pass
         for process in processes:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        for folder in (temp, Path(f"{temp}n2")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_sweep_submitted_through_ray_jobs_runs_on_both_nodes_and_tracks_to_mlflow_server(cluster, workdir):
