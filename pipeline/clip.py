@@ -359,10 +359,11 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
             if hp.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             optimizer.step()
-            if budget_s:
-                fraction = _slowest_clock(spent_s + time.perf_counter() - started, device) / budget_s
+            if budget_s:  # the cosine schedule runs over the epochs or the time budget, whichever ends first
+                time_used = _slowest_clock(spent_s + time.perf_counter() - started, device) / budget_s
+                fraction = max(time_used, (epoch * steps + step + 1) / (hp.epochs * steps))
                 _set_lr(optimizer, _cosine(hp.lr, hp.min_lr, fraction))
-                out_of_time = fraction >= 1
+                out_of_time = time_used >= 1
             else:
                 scheduler.step_update(epoch * steps + step + 1)
             with torch.no_grad():  # CLIP's cap on the temperature: logit scale at most 100

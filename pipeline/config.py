@@ -231,8 +231,8 @@ class ClipTrainConfig(Strict):
     init_temperature: float = Field(0.07, gt=0, le=1)  # learnable (logit_scale = 1 / temperature, capped at 100)
     local_loss: bool = False  # ClipLoss: each worker scores its own rows against the global batch
     captions_per_group: int | None = Field(2, ge=1)  # distinct captions a class draws per step; None: one per image
-    # Train for this long (held-out evaluation included), with the cosine schedule over the time instead
-    # of the epochs (which become a maximum; warm-up is skipped).
+    # Train for at most this long (held-out evaluation included), the cosine schedule running over the
+    # epochs or the time, whichever ends first (warm-up is skipped).
     time_limit_min: float | None = Field(None, gt=0)
     heldout_pairs: int = Field(1000, ge=10)  # retrieval metrics per epoch
     grad_clip: float | None = Field(None, gt=0)
