@@ -93,7 +93,8 @@ def tune_config(sweep: SweepConfig, epochs: int, seed: int) -> tune.TuneConfig:
         search_alg = BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials)
     if sweep.scheduler == "asha" and epochs > 1:
         # Rungs count epochs (the workers' own counter), so a trial resumed from a checkpoint stays on its rung.
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(sweep.grace_period, epochs),
+        # max_t is one past the last epoch: a trial that trains to the end finishes by itself (see run_sweep).
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs + 1, grace_period=min(sweep.grace_period, epochs),
                                   reduction_factor=sweep.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -221,6 +222,10 @@ def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     epochs = max_epochs(sweep, setup.base_train)
+    # A trial that Tune stops (ASHA, or the last epoch reached) is blocked waiting on its Train run, so it
+    # never stops by itself; Tune kills it after this many seconds (default 600), and with it the Train run's
+    # controller and workers, which would otherwise keep their CPUs.
+    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "5")
     # The trial's driver only waits on its Train workers, which hold the CPUs; Tune needs a non-empty
     # bundle, so it asks for a little memory instead of a CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0, "memory": 2**26})

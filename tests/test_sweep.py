@@ -27,7 +27,10 @@ def sweep_spec(workdir: Path, **sweep) -> dict:
                                 # fusedadam needs CUDA: that trial fails on a CPU cluster
                                 "optimizer": {"type": "grid", "values": ["adamw", "sgd", "fusedadam"]}},
                       "num_samples": 1, "search": "random", "scheduler": "asha", "max_concurrent_trials": 2,
-                      "retrain_epochs": 1, **sweep},
+                      "retrain_epochs": 1,
+                      # half a CPU per worker: a trial stopped by ASHA may hold its CPU a while (see README)
+                      "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "threads_per_worker": 1,
+                                    "max_failures": 0}, **sweep},
             "stages": ["sweep", "retrain"],
             "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}, "storage_path": str(workdir / "checkpoints")}
 
