@@ -226,6 +226,9 @@ def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool
     # never stops by itself; Tune kills it after this many seconds (default 600), and with it the Train run's
     # controller and workers, which would otherwise keep their CPUs.
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", "5")
+    # The sweep's state (which trials ended) is saved every second rather than every 10+ s, so a driver
+    # killed right after a trial ends does not run it again on resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # The trial's driver only waits on its Train workers, which hold the CPUs; Tune needs a non-empty
     # bundle, so it asks for a little memory instead of a CPU.
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0, "memory": 2**26})

@@ -97,6 +97,7 @@ def test_killed_driver_resumes_sweep_without_rerunning_finished_trials(workdir):
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None:
             if any(r.data.tags.get("end") == "completed" for r in _runs(uri)):
+                time.sleep(3)  # Tune saves the sweep's state every second
                 break
             time.sleep(1)
         assert driver.poll() is None, "the sweep ended before it could be killed"
