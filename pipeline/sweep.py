@@ -150,9 +150,9 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
-    train = TrainConfig.model_validate({**setup.base_train, **config}).model_dump()
     tracker = Tracker(setup.tracking_uri)
-    run_id = trial_run(tracker, setup, trial_id, config, train)
+    run_id = trial_run(tracker, setup, trial_id, config, {**setup.base_train, **config})
+    train = TrainConfig.model_validate({**setup.base_train, **config}).model_dump()  # a failure ends the trial
     worker = dataclasses.replace(setup.worker, train=train, run_id=run_id, tracking_uri=setup.tracking_uri,
                                  evaluate_test=False, progress=None, label=f"{setup.tags['model']}-{trial_id}")
     # The Train run's name is the trial's: a restored trial resumes from its own latest checkpoint.
