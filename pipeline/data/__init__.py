@@ -26,6 +26,12 @@ def is_streaming(config) -> bool:
     return config.streaming if config.streaming is not None else dataset_info(config).streaming
 
 
+def normalization(config, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std: the data set's own, or a generic (0.5, 0.25) for unnamed sets."""
+    info = dataset_info(config)
+    return info.mean or (0.5,) * in_chans, info.std or (0.25,) * in_chans
+
+
 def _load_split(config, split: str) -> ImageTensors:
     info = dataset_info(config)
     if info.source == "idx":
@@ -44,7 +50,7 @@ def _load_split(config, split: str) -> ImageTensors:
     return load_image_tensors(
         config.path or info.hub_id, config.train_split if split == "train" else config.test_split,
         config.image_column or info.image_column, config.label_column or info.label_column, in_chans,
-        config.image_size or info.image_size or 32, info.mean or (0.5,) * in_chans, info.std or (0.25,) * in_chans,
+        config.image_size or info.image_size or 32, *normalization(config, in_chans),
         info.hflip, list(info.classes) or None)
 
 

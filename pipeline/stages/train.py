@@ -60,7 +60,7 @@ def train_stage(context: RunContext) -> None:
 
     from models.catalogue import family_of
     from pipeline.complexity import model_complexity
-    from pipeline.data import dataset_info
+    from pipeline.data import dataset_info, normalization
     from pipeline.progress import ProgressPrinter
     from pipeline.train import WorkerConfig, fit
 
@@ -94,8 +94,8 @@ def train_stage(context: RunContext) -> None:
             config = WorkerConfig(
                 model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(),
                 data=spec.data.model_dump(), num_classes=len(classes), in_chans=in_chans,
-                mean=data.train.mean if data is not None else info.mean,
-                std=data.train.std if data is not None else info.std,
+                mean=data.train.mean if data is not None else normalization(spec.data, in_chans)[0],
+                std=data.train.std if data is not None else normalization(spec.data, in_chans)[1],
                 hflip=data.train.hflip if data is not None else info.hflip, threads=spec.resources.threads,
                 splits_ref=splits_ref, stream=stream, run_id=run_id, tracking_uri=tracker.uri,
                 progress=progress.queue, label=entry.name)
