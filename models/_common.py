@@ -1,5 +1,8 @@
-"""Shared helpers: default pretrained-cfg entries and the builder every family uses."""
+"""Shared helpers: default pretrained-cfg entries, the builder every family uses, and the base
+classes that give the families timm's model API."""
+from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg
+from torch import nn
 
 SMALL = dict(input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, num_classes=10,
              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -21,3 +24,52 @@ def create(model_cls, variant, pretrained=False, **kwargs):
     if pretrained:
         raise ValueError(f'{variant}: no pretrained weights in this zoo (models train from scratch)')
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+
+
+def variant_creator(model_cls, model_cfgs):
+    """`_create(variant, pretrained, **kwargs)` for a family whose variants' arguments are in `model_cfgs`."""
+    def _create(variant, pretrained=False, **kwargs):
+        return create(model_cls, variant, pretrained, **{**model_cfgs[variant], **kwargs})
+    return _create
+
+
+class ClassifierModel(nn.Module):
+    """timm's uniform model API (reset_classifier, get_classifier, forward_features, forward_head,
+    forward) for a family built as `self.features` + `self.head`, a timm ClassifierHead made by
+    `_init_head`. A family overrides only what differs, e.g. forward_features for another trunk."""
+
+    def _init_head(self, num_features, num_classes, global_pool='avg', drop_rate=0.0):
+        self.num_features = self.head_hidden_size = num_features
+        self.head = ClassifierHead(num_features, num_classes, global_pool, drop_rate)
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def get_classifier(self):
+        return self.head.fc
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits=False):
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class LinearClassifierModel(ClassifierModel):
+    """The same API for a family whose head is `self.pool`, fully connected `self.pre_logits` layers
+    (their output width is head_hidden_size) and a linear `self.fc` classifier."""
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward_head(self, x, pre_logits=False):
+        x = self.pre_logits(self.pool(x))
+        return x if pre_logits else self.fc(x)

@@ -13,7 +13,7 @@ The small variants keep the filter banks with a 5x5/1 (AlexNet) or 3x3/1 (ZFNet)
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import LinearClassifierModel, cfg, small_cfg, variant_creator
 
 # per conv: (filters, kernel, stride, padding, grouped, lrn, max pool after)
 ALEXNET = ((96, 11, 4, 0, False, True, True), (256, 5, 1, 2, True, True, True), (384, 3, 1, 1, False, False, False),
@@ -27,7 +27,7 @@ def _small(layers, kernel):
     return (first, (layers[1][0], 5, 1, 2, *layers[1][4:]), *layers[2:])
 
 
-class AlexNet(nn.Module):
+class AlexNet(LinearClassifierModel):
     def __init__(self, layers=ALEXNET, groups=1, fc_dim=4096, pool_size=6, ceil_mode=False,
                  num_classes=1000, in_chans=3, drop_rate=0.5, global_pool=None):
         super().__init__()
@@ -48,23 +48,6 @@ class AlexNet(nn.Module):
             nn.Dropout(drop_rate), nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
         self.fc = nn.Linear(fc_dim, num_classes) if num_classes else nn.Identity()
 
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
-
-    def get_classifier(self):
-        return self.fc
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward_head(self, x, pre_logits=False):
-        x = self.pre_logits(self.pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
 
 MODEL_CFGS = {
     'alexnet2012': dict(layers=ALEXNET),
@@ -81,8 +64,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(AlexNet, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(AlexNet, MODEL_CFGS)
 
 
 @register_model

@@ -9,10 +9,9 @@ models: a 3x3 stem with 2k filters and three dense blocks of (L - 4) / 6 layers.
 """
 import torch
 from torch import nn
-from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import create, small_cfg
+from ._common import ClassifierModel, small_cfg, variant_creator
 
 
 def bn_relu_conv(in_chs, out_chs, kernel):
@@ -30,7 +29,7 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.conv(x)], dim=1)
 
 
-class DenseNet(nn.Module):
+class DenseNet(ClassifierModel):
     def __init__(self, block_config=(16, 16, 16), growth_rate=12, compression=0.5, stem='cifar',
                  num_classes=1000, in_chans=3, drop_rate=0.0, global_pool='avg'):
         super().__init__()
@@ -51,24 +50,10 @@ class DenseNet(nn.Module):
                 layers += [bn_relu_conv(chs, out, 1), nn.AvgPool2d(2, ceil_mode=True)]  # transition
                 chs = out
         self.features = nn.Sequential(*layers, nn.BatchNorm2d(chs), nn.ReLU(inplace=True))
-        self.num_features = self.head_hidden_size = chs
-        self.head = ClassifierHead(chs, num_classes, global_pool)
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def get_classifier(self):
-        return self.head.fc
+        self._init_head(chs, num_classes, global_pool)
 
     def forward_features(self, x):
         return self.features(self.stem(x))
-
-    def forward_head(self, x, pre_logits=False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def _bc(depth, growth_rate):
@@ -85,8 +70,7 @@ MODEL_CFGS = {
 default_cfgs = generate_default_cfgs({name: small_cfg(first_conv='stem', classifier='head.fc') for name in MODEL_CFGS})
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(DenseNet, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(DenseNet, MODEL_CFGS)
 
 
 @register_model

@@ -14,10 +14,9 @@ import random
 
 import torch
 from torch import nn
-from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import ClassifierModel, cfg, small_cfg, variant_creator
 
 
 def conv_bn_relu(in_chs, out_chs):
@@ -60,7 +59,7 @@ class FractalBlock(nn.Module):
         return self.drop(inputs[0])
 
 
-class FractalNet(nn.Module):
+class FractalNet(ClassifierModel):
     def __init__(self, widths=(64, 128, 256, 512, 512), num_columns=4, stem='cifar', block_drop_rates=None,
                  local_drop_prob=0.15, global_drop_ratio=0.5, num_classes=1000, in_chans=3, drop_rate=0.0,
                  global_pool='avg'):
@@ -83,15 +82,7 @@ class FractalNet(nn.Module):
             last = i == len(widths) - 1
             self.pools.append(nn.MaxPool2d(2, 2, ceil_mode=True) if pool_after_last or not last else nn.Identity())
             chs = width
-        self.num_features = self.head_hidden_size = chs
-        self.head = ClassifierHead(chs, num_classes, global_pool, drop_rate)
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def get_classifier(self):
-        return self.head.fc
+        self._init_head(chs, num_classes, global_pool, drop_rate)
 
     def sample_drop_path(self):
         """One draw per mini-batch: ('global', column) or ('local', p)."""
@@ -107,12 +98,6 @@ class FractalNet(nn.Module):
             x = pool(block(x, drop))
         return x
 
-    def forward_head(self, x, pre_logits=False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
 
 MODEL_CFGS = {
     'fractalnet20_cifar': dict(num_columns=3),
@@ -127,8 +112,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(FractalNet, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(FractalNet, MODEL_CFGS)
 
 
 @register_model

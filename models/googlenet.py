@@ -16,10 +16,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import ClassifierModel, cfg, small_cfg, variant_creator
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -83,7 +82,7 @@ MODULES = ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64), 'M',
 AUX_AFTER = (3, 6)  # indices of 4a and 4d in MODULES
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(ClassifierModel):
     aux_loss_weight = 0.3  # weight of each auxiliary loss in the total (paper, Sec. 5)
 
     def __init__(self, stem='imagenet', inception='reduction', aux_logits=True, num_classes=1000, in_chans=3,
@@ -109,17 +108,12 @@ class GoogLeNet(nn.Module):
                 aux_chs.append(chs)
         self.blocks = nn.ModuleList(blocks)
         self.aux = nn.ModuleList(AuxHead(c, num_classes) for c in aux_chs) if aux_logits else None
-        self.num_features = self.head_hidden_size = chs
-        self.head = ClassifierHead(chs, num_classes, global_pool, drop_rate)
+        self._init_head(chs, num_classes, global_pool, drop_rate)
 
     def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        super().reset_classifier(num_classes, global_pool)
         if self.aux is not None:
             self.aux = nn.ModuleList(AuxHead(a.conv[0].in_channels, num_classes) for a in self.aux)
-
-    def get_classifier(self):
-        return self.head.fc
 
     def _forward_blocks(self, x, with_aux):
         x, aux = self.stem(x), []
@@ -131,9 +125,6 @@ class GoogLeNet(nn.Module):
 
     def forward_features(self, x):
         return self._forward_blocks(x, with_aux=False)[0]
-
-    def forward_head(self, x, pre_logits=False):
-        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x):
         with_aux = self.training and self.aux is not None
@@ -153,8 +144,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(GoogLeNet, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(GoogLeNet, MODEL_CFGS)
 
 
 @register_model

@@ -11,11 +11,11 @@ from torch import nn
 from timm.layers import resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import ClassifierModel, cfg, small_cfg, variant_creator
 from .attention import LearnedPositionalEncoding, TransformerBlock
 
 
-class HVT(nn.Module):
+class HVT(ClassifierModel):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192, depth=12,
                  num_heads=3, mlp_ratio=4.0, num_pools=1, drop_rate=0.0, drop_path_rate=0.0, global_pool='avg'):
         super().__init__()
@@ -72,9 +72,6 @@ class HVT(nn.Module):
         x = self.head_drop(x.mean(dim=1))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
 
 MODEL_CFGS = {  # HVT-Ti-1 / HVT-S-1 / HVT-S-4 of the paper; small images use 4x4 patches, 3 poolings
     'hvt_tiny_1_patch16_224': dict(embed_dim=192, num_heads=3, num_pools=1),
@@ -90,8 +87,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(HVT, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(HVT, MODEL_CFGS)
 
 
 @register_model

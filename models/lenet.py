@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import create, small_cfg
+from ._common import LinearClassifierModel, create, small_cfg
 
 
-class LeNet(nn.Module):
+class LeNet(LinearClassifierModel):
     def __init__(self, num_classes=10, in_chans=1, act_layer=nn.Tanh, drop_rate=0.0, **kwargs):
         super().__init__()
         self.num_classes = num_classes
@@ -28,13 +28,6 @@ class LeNet(nn.Module):
             nn.Linear(120, 84), act_layer(), nn.Dropout(drop_rate))   # F6
         self.fc = nn.Linear(84, num_classes) if num_classes else nn.Identity()
 
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
-
-    def get_classifier(self):
-        return self.fc
-
     def forward_features(self, x):
         pad_h, pad_w = max(0, 32 - x.shape[-2]), max(0, 32 - x.shape[-1])
         x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
@@ -43,9 +36,6 @@ class LeNet(nn.Module):
     def forward_head(self, x, pre_logits=False):
         x = self.pre_logits(x)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({

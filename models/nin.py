@@ -7,10 +7,9 @@ The paper's last 1x1 conv maps to the classes and is then averaged; we average f
 same weights as a linear layer (the two commute), without a ReLU on the logits.
 """
 from torch import nn
-from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import ClassifierModel, cfg, small_cfg, variant_creator
 
 
 def mlpconv(in_chs, filters, kernel, stride=1, padding=0):
@@ -21,7 +20,7 @@ def mlpconv(in_chs, filters, kernel, stride=1, padding=0):
     return nn.Sequential(*layers)
 
 
-class NiN(nn.Module):
+class NiN(ClassifierModel):
     """blocks: (filters, kernel, stride, padding, pooling after: 'max', 'avg' or None). The last
     block omits its final 1x1 conv, the classifier, which the head supplies."""
 
@@ -37,24 +36,7 @@ class NiN(nn.Module):
                 layers.append(nn.Dropout(drop_rate))
             chs = filters[-1]
         self.features = nn.Sequential(*layers)
-        self.num_features = self.head_hidden_size = chs
-        self.head = ClassifierHead(chs, num_classes, global_pool)
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def get_classifier(self):
-        return self.head.fc
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward_head(self, x, pre_logits=False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
+        self._init_head(chs, num_classes, global_pool)
 
 
 MODEL_CFGS = {
@@ -70,8 +52,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(NiN, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(NiN, MODEL_CFGS)
 
 
 @register_model

@@ -20,10 +20,10 @@ ImageNet-scale ResNet-18..152, ResNeXt, SE-ResNet(X) and WRN-50-2 are timm's (fa
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import ClassifierHead, SEModule
+from timm.layers import SEModule
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import ClassifierModel, cfg, small_cfg, variant_creator
 
 
 class ShortcutA(nn.Module):
@@ -107,7 +107,7 @@ class Block(nn.Module):
         return out if self.preact is not None else F.relu(out)
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierModel):
     """Stages of residual blocks behind a CIFAR stem (3x3 conv) or an ImageNet stem (7x7/2 + max pool).
 
     Args:
@@ -149,24 +149,10 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.final_act = bn_relu(in_chs) if preact else nn.Identity()
-        self.num_features = self.head_hidden_size = in_chs
-        self.head = ClassifierHead(in_chs, num_classes, global_pool, drop_rate)
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def get_classifier(self):
-        return self.head.fc
+        self._init_head(in_chs, num_classes, global_pool, drop_rate)
 
     def forward_features(self, x):
         return self.final_act(self.stages(self.stem(x)))
-
-    def forward_head(self, x, pre_logits=False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 def _cifar(n, **kwargs):
@@ -196,8 +182,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(ResNet, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(ResNet, MODEL_CFGS)
 
 
 @register_model

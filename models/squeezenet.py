@@ -9,10 +9,9 @@ Small variant: a 3x3/1 first conv; the three max pools take 32 px to 4 px.
 """
 import torch
 from torch import nn
-from timm.layers import ClassifierHead
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import cfg, create, small_cfg
+from ._common import ClassifierModel, cfg, small_cfg, variant_creator
 
 
 class Fire(nn.Module):
@@ -35,7 +34,7 @@ FIRES = {  # (squeeze, expand 1x1, expand 3x3) per fire module, 'M' = 3x3/2 max 
 }
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(ClassifierModel):
     def __init__(self, version='1_0', stem_kernel=7, stem_stride=2, num_classes=1000, in_chans=3,
                  drop_rate=0.5, global_pool='avg'):
         super().__init__()
@@ -51,24 +50,7 @@ class SqueezeNet(nn.Module):
                 layers.append(Fire(chs, *spec))
                 chs = spec[1] + spec[2]
         self.features = nn.Sequential(*layers)
-        self.num_features = self.head_hidden_size = chs
-        self.head = ClassifierHead(chs, num_classes, global_pool, drop_rate)
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def get_classifier(self):
-        return self.head.fc
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward_head(self, x, pre_logits=False):
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
+        self._init_head(chs, num_classes, global_pool, drop_rate)
 
 
 MODEL_CFGS = {
@@ -84,8 +66,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant, pretrained=False, **kwargs):
-    return create(SqueezeNet, variant, pretrained, **{**MODEL_CFGS[variant], **kwargs})
+_create = variant_creator(SqueezeNet, MODEL_CFGS)
 
 
 @register_model

@@ -8,7 +8,7 @@ and a 512-512 classifier instead of 4096-4096 over a 7x7 map.
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import create, small_cfg
+from ._common import LinearClassifierModel, create, small_cfg
 
 LAYOUTS = {  # filters per conv, 'M' = max pool (the paper's configurations A, B, D, E)
     11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
@@ -18,7 +18,7 @@ LAYOUTS = {  # filters per conv, 'M' = max pool (the paper's configurations A, B
 }
 
 
-class VGG(nn.Module):
+class VGG(LinearClassifierModel):
     def __init__(self, depth=16, batch_norm=False, fc_dim=512, pool_size=1, ceil_mode=True,
                  num_classes=1000, in_chans=3, drop_rate=0.5, global_pool=None):
         super().__init__()
@@ -37,23 +37,6 @@ class VGG(nn.Module):
             nn.Flatten(), nn.Linear(chs * pool_size ** 2, fc_dim), nn.ReLU(True), nn.Dropout(drop_rate),
             nn.Linear(fc_dim, fc_dim), nn.ReLU(True), nn.Dropout(drop_rate))
         self.fc = nn.Linear(fc_dim, num_classes) if num_classes else nn.Identity()
-
-    def reset_classifier(self, num_classes, global_pool=None):
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
-
-    def get_classifier(self):
-        return self.fc
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward_head(self, x, pre_logits=False):
-        x = self.pre_logits(self.pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = generate_default_cfgs({
