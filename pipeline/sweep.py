@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.train import UserCallback
 
 from pipeline.config import ResourcesConfig, SweepConfig, TrainConfig
 
@@ -103,25 +102,6 @@ def tune_config(sweep: SweepConfig, epochs: int, seed: int) -> tune.TuneConfig:
                            max_concurrent_trials=sweep.max_concurrent_trials if sweep.search == "optuna" else None)
 
 
-class StartupTimer(UserCallback):
-    """Ray Train callback: seconds from the trial's start to its first training step, logged on the trial run.
-
-    The first report comes one epoch after the first step; its `epoch_time_s` says how long that epoch took.
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str, started: float):
-        self.tracking_uri, self.run_id, self.started, self.done = tracking_uri, run_id, started, False
-
-    def after_report(self, run_context, metrics, checkpoint):
-        if self.done or not metrics or "epoch_time_s" not in metrics[0]:
-            return
-        self.done = True
-        first_step = time.time() - metrics[0]["epoch_time_s"]
-        from pipeline.tracking import Tracker
-
-        Tracker(self.tracking_uri).log(self.run_id, {"startup_s": first_step - self.started})
-
-
 def find_run(client, experiment_id: str, tag: str, value: str, stage: str):
     runs = client.search_runs([experiment_id], f"tags.{tag} = '{value}' and tags.stage = '{stage}'",
                               max_results=2, order_by=["attributes.start_time ASC"])
@@ -154,10 +134,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     run_id = trial_run(tracker, setup, trial_id, config, {**setup.base_train, **config})
     train = TrainConfig.model_validate({**setup.base_train, **config}).model_dump()  # a failure ends the trial
     worker = dataclasses.replace(setup.worker, train=train, run_id=run_id, tracking_uri=setup.tracking_uri,
-                                 evaluate_test=False, progress=None, label=f"{setup.tags['model']}-{trial_id}")
+                                 evaluate_test=False, progress=None, label=f"{setup.tags['model']}-{trial_id}",
+                                 started_at=started)
     # The Train run's name is the trial's: a restored trial resumes from its own latest checkpoint.
     result = fit(worker, setup.resources, setup.train_storage, f"{setup.sweep_key}-{trial_id}",
-                 callbacks=[TuneReportCallback(), StartupTimer(setup.tracking_uri, run_id, started)])
+                 callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
 

@@ -44,6 +44,7 @@ class WorkerConfig:
     progress: Any = None  # a ray.util.queue.Queue the driver reads progress events from
     label: str = ""  # the model's name in progress events
     evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
+    started_at: float | None = None  # wall-clock start of the run; set, rank 0 logs `startup_s` at the first step
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -120,6 +121,12 @@ class EpochLog:
     def event(self, kind: str, **payload) -> None:
         if self.progress is not None:
             self.progress.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload})
+
+    def first_step(self, started_at: float | None) -> None:
+        now = time.time()
+        self.event("first_step", time=now)
+        if self.tracker and started_at is not None and not self.tracker.logged_steps(self.run_id, "startup_s"):
+            self.tracker.log(self.run_id, {"startup_s": now - started_at})
 
     def resumed(self, epoch: int) -> None:
         if self.tracker:
@@ -283,7 +290,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
             if log and step == 0 and epoch == start_epoch:
-                log.event("first_step", time=time.time())
+                log.first_step(config.started_at)
             if log and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
                 log.event("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
