@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -293,17 +292,9 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
     from pipeline.data.augment import random_hflip, random_translate
     from pipeline.data.batches import TensorBatches
     from pipeline.data.captions import heldout_pairs
-    from pipeline.train import EpochLog, all_reduce_sum, load_checkpoint, save_checkpoint, unwrap
+    from pipeline.train import EpochLog, all_reduce_sum, load_checkpoint, save_checkpoint, unwrap, worker_setup
 
-    torch.set_num_threads(config.threads)
-    hp = SimpleNamespace(**config.train)
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    use_bf16 = hp.precision == "bf16" or (hp.precision == "auto" and device.type == "cuda")
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    hp, rank, world_size, device, autocast = worker_setup(config.threads, config.train)
 
     data: PairData = ray.get(config.data_ref)
     batches = TensorBatches(data.train.as_tensors(), rank, world_size, hp.batch_size, device, hp.seed)

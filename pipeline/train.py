@@ -204,6 +204,24 @@ def make_batches(config: WorkerConfig, rank: int, world_size: int, device: torch
             StreamBatches(split=s["test_split"], num_rows=0, **common))
 
 
+def worker_setup(threads: int, train: dict[str, Any]):
+    """What every training loop starts with: CPU threads, hyperparameters, rank, world size, device,
+    and an autocast context (bf16 on GPU with precision 'auto', or wherever precision is 'bf16')."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(threads)
+    hp = SimpleNamespace(**train)
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    use_bf16 = hp.precision == "bf16" or (hp.precision == "auto" and device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    return hp, context.get_world_rank(), context.get_world_size(), device, autocast
+
+
 def train_loop_per_worker(config: WorkerConfig) -> None:
     import ray.train
     import ray.train.torch
@@ -212,17 +230,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
     from pipeline.complexity import build_model
 
-    torch.set_num_threads(config.threads)
-    hp = SimpleNamespace(**config.train)
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    use_bf16 = hp.precision == "bf16" or (hp.precision == "auto" and on_gpu)
-    channels_last = hp.channels_last if hp.channels_last is not None else on_gpu
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    hp, rank, world_size, device, autocast = worker_setup(config.threads, config.train)
+    channels_last = hp.channels_last if hp.channels_last is not None else device.type == "cuda"
 
     train_batches, val_batches, test_batches = make_batches(config, rank, world_size, device)
     augment = Augment(config.mean, config.std, config.hflip and config.data["augment"],

@@ -33,3 +33,13 @@ def ray_cluster():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+def log_predictions(tracker, run_id: str, probs, labels, folder: Path) -> None:
+    """Test-set probabilities and labels as the train stage keeps them (`predictions/` artifacts)."""
+    import torch
+
+    torch.save(probs.half(), folder / "test_probs.pt")
+    torch.save(labels, folder / "test_labels.pt")
+    tracker.log_artifact(run_id, folder / "test_probs.pt", "predictions")
+    tracker.log_artifact(run_id, folder / "test_labels.pt", "predictions")

@@ -11,6 +11,7 @@ from pipeline.config import parse_spec
 from pipeline.errors import PipelineError
 from pipeline.stages.ensemble import build_ensemble, scores
 from pipeline.tracking import Tracker
+from conftest import log_predictions
 
 N, CLASSES = 1000, 10
 
@@ -20,10 +21,7 @@ def log_member(tracker, experiment, model, probs, labels, tmp_path, dataset="syn
     metrics = {**scores(probs.float(), labels), "param_count": 1.0, "gmacs": 0.5}
     run_id = tracker.start_run(experiment, model, tags={"model": model, "stage": "train", "dataset": dataset},
                                metrics=metrics)
-    torch.save(probs.half(), tmp_path / "test_probs.pt")
-    torch.save(labels, tmp_path / "test_labels.pt")
-    tracker.log_artifact(run_id, tmp_path / "test_probs.pt", "predictions")
-    tracker.log_artifact(run_id, tmp_path / "test_labels.pt", "predictions")
+    log_predictions(tracker, run_id, probs, labels, tmp_path)
     tracker.finish(run_id)
     return run_id
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import log_predictions, run_cli
 from pipeline import leaderboard, plots
 from pipeline.report import write_report
 from pipeline.tracking import Tracker
@@ -29,10 +29,7 @@ def log_training_run(tracker, experiment, model, train_err, test_err, gmacs, par
     (tmp_path / "model.json").write_text(json.dumps({"classes": CLASSES}))
     tracker.log_artifact(run_id, tmp_path / "model.json", "model")
     if probs is not None:
-        torch.save(probs.half(), tmp_path / "test_probs.pt")
-        torch.save(labels, tmp_path / "test_labels.pt")
-        tracker.log_artifact(run_id, tmp_path / "test_probs.pt", "predictions")
-        tracker.log_artifact(run_id, tmp_path / "test_labels.pt", "predictions")
+        log_predictions(tracker, run_id, probs, labels, tmp_path)
     tracker.finish(run_id)
     return run_id
 
