@@ -18,22 +18,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console() if sys.stdout.isatty() else Console(width=200)
 
 SetOption = typer.Option(None, "--set", help="Override a spec field: --set train.epochs=1 (repeatable).")
+OnlyOption = typer.Option(None, "--model", help="Only the spec's models matching this name or pattern "
+                                                 "(resnet*), with their recipes (repeatable).")
+SkipOption = typer.Option(None, "--skip", help="Leave out the spec's models matching this name or pattern "
+                                               "(repeatable).")
 TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                                                           "or sqlite:///mlflow.db here).")
 
 
 @app.command()
-def validate(spec: str, set_: Optional[list[str]] = SetOption) -> None:
+def validate(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[str]] = OnlyOption,
+             skip: Optional[list[str]] = SkipOption) -> None:
     """Check an experiment spec without running it."""
     from pipeline.config import load_spec
 
-    loaded = load_spec(spec, set_ or [])
+    loaded = load_spec(spec, set_ or [], only or [], skip or [])
     console.print(f"[green]ok[/]: {loaded.name}: {len(loaded.models)} model(s) on {loaded.data.name}, "
                   f"stages {' -> '.join(loaded.stages)}")
 
 
 @app.command()
-def run(spec: str, set_: Optional[list[str]] = SetOption,
+def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[str]] = OnlyOption,
+        skip: Optional[list[str]] = SkipOption,
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
         address: Optional[str] = typer.Option(None, "--address", help="Submit to this Ray cluster's head through "
                                               "Ray Jobs (http://HEAD:8265) instead of running here."),
@@ -47,7 +53,7 @@ def run(spec: str, set_: Optional[list[str]] = SetOption,
     if address:
         from pipeline import jobs
 
-        job_id = jobs.submit(spec, set_ or [], address, working_dir, verbose)
+        job_id = jobs.submit(spec, set_ or [], address, working_dir, verbose, only or [], skip or [])
         console.print(f"submitted job [bold]{job_id}[/] to {address}")
         if detach:
             console.print(f"follow it with: pipeline logs {job_id} --follow --address {address}")
@@ -59,7 +65,7 @@ def run(spec: str, set_: Optional[list[str]] = SetOption,
             return
         console.print(f"job {job_id}: {status}")
         return
-    loaded = load_spec(spec, set_ or [])
+    loaded = load_spec(spec, set_ or [], only or [], skip or [])
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
         logging.getLogger("alembic").setLevel(logging.WARNING)

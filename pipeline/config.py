@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -401,6 +403,16 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {message} (got {error.get('input')!r})"
 
 
+def _unshared(node: Any) -> Any:
+    """A copy in which no two places share a mapping or list: YAML anchors (`train: *vgg`) alias one object,
+    and an override of one model's field must not change the others (copy.deepcopy keeps the aliasing)."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
+
+
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
     """Apply one `a.b.c=value` override; list items are addressed by index (models.0.name)."""
     *parents, leaf = dotted.split(".")
@@ -418,9 +430,35 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
         node[leaf] = value
 
 
-def parse_spec(tree: Any, source: str = "spec", overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+def _select_models(tree: dict, only: Sequence[str], skip: Sequence[str]) -> None:
+    """Keep the spec's models matching an `only` pattern (all when none) and none matching a `skip` pattern;
+    each keeps its own recipe. Patterns are shell-style (`vgg*_bn_cifar`) and must each match a model."""
+    entries = tree.get("models")
+    if not isinstance(entries, list):
+        return  # validation names the problem
+    names = [e.get("name") if isinstance(e, dict) else e for e in entries]
+    for option, patterns in (("--model", only), ("--skip", skip)):
+        for pattern in patterns:
+            if not any(isinstance(n, str) and fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise PipelineError(f"{option} '{pattern}' matches no model of the spec; its models: "
+                                    f"{', '.join(map(str, names))}")
+
+    def kept(name) -> bool:
+        name = str(name)
+        return ((not only or any(fnmatch.fnmatchcase(name, p) for p in only))
+                and not any(fnmatch.fnmatchcase(name, p) for p in skip))
+
+    tree["models"] = [entry for entry, name in zip(entries, names) if kept(name)]
+    if not tree["models"]:
+        raise PipelineError("--model/--skip leave no model to run: loosen them")
+
+
+def parse_spec(tree: Any, source: str = "spec", overrides: Sequence[str] = (),
+               only: Sequence[str] = (), skip: Sequence[str] = ()) -> Spec:
+    """Validate a spec tree after `--set` overrides (list items by index in the file) and model selection."""
     if not isinstance(tree, dict):
         raise PipelineError(f"{source}: an experiment spec must be a YAML mapping (name:, data:, models:, ...)")
+    tree = _unshared(tree)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -429,13 +467,16 @@ def parse_spec(tree: Any, source: str = "spec", overrides: list[str] | tuple[str
             _set_path(tree, key.strip(), yaml.safe_load(raw))
         except (ValueError, IndexError, TypeError, AttributeError):
             raise PipelineError(f"override '{override}': '{key}' does not name a field of the spec") from None
+    if only or skip:
+        _select_models(tree, only, skip)
     try:
         return Spec.model_validate(tree)
     except ValidationError as exc:
         raise PipelineError(f"{source}: {_first_error(exc)}") from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), only: Sequence[str] = (),
+              skip: Sequence[str] = ()) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"spec file {path} not found: give the path of an experiment YAML (see experiments/)")
@@ -446,4 +487,4 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise PipelineError(f"{path}: malformed YAML{where}: {problem}") from None
-    return parse_spec(tree, str(path), overrides)
+    return parse_spec(tree, str(path), overrides, only, skip)

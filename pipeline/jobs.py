@@ -59,18 +59,20 @@ def _call(address: str, function, *args):
         raise _cluster_error(address, exc) from None
 
 
-def submit(spec_path: str, overrides: list[str], address: str, working_dir: str = ".", verbose: bool = False) -> str:
+def submit(spec_path: str, overrides: list[str], address: str, working_dir: str = ".", verbose: bool = False,
+           only: list[str] = (), skip: list[str] = ()) -> str:
     """Submit `pipeline run SPEC` as a Ray Job with `working_dir` as its working directory; returns the job id."""
     from pipeline.config import load_spec
 
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, only, skip)
     root = Path(working_dir).resolve()
     try:
         relative = Path(spec_path).resolve().relative_to(root)
     except ValueError:
         raise PipelineError(f"spec {spec_path} is outside the working folder {root} that is sent to the cluster: "
                             "move it inside or pass --working-dir") from None
-    command = ["python", "-m", "pipeline", "run", relative.as_posix(), *(f"--set={o}" for o in overrides)]
+    command = ["python", "-m", "pipeline", "run", relative.as_posix(), *(f"--set={o}" for o in overrides),
+               *(f"--model={m}" for m in only), *(f"--skip={m}" for m in skip)]
     if verbose:
         command.append("--verbose")
     env = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}

@@ -55,10 +55,15 @@ def test_missing_spec_file_and_bad_override(workdir):
     assert_one_line_error(run_cli("run", "nope.yaml", cwd=workdir), "spec file nope.yaml not found")
     (workdir / "spec.yaml").write_text(GOOD)
     assert_one_line_error(run_cli("validate", "spec.yaml", "--set", "train.warp=9", cwd=workdir), "unknown key")
+    assert_one_line_error(run_cli("run", "spec.yaml", "--model", "resnet*", cwd=workdir),
+                          "--model 'resnet*' matches no model of the spec")
 
 
 def test_validate_and_leaderboard_messages(workdir):
     result = run_cli("validate", str(ROOT / "experiments" / "quickstart.yaml"), cwd=workdir)
     assert result.returncode == 0 and "ok" in result.stdout and "train -> leaderboard" in result.stdout
+    result = run_cli("validate", str(ROOT / "experiments" / "fashion_mnist_zoo.yaml"), "--model", "vgg*",
+                     "--skip", "*_bn_cifar", cwd=workdir)
+    assert result.returncode == 0 and "4 model(s)" in result.stdout, result.stdout + result.stderr
     assert_one_line_error(run_cli("leaderboard", cwd=workdir), "no tracking store")
     assert_one_line_error(run_cli("leaderboard", "--format", "xml", cwd=workdir), "unknown format 'xml'")

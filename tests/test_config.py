@@ -27,6 +27,33 @@ def test_per_model_training_overrides():
     assert merged.lr == 0.1 and merged.epochs == 3 and merged.batch_size == spec.train.batch_size
 
 
+
+def test_override_of_one_model_leaves_models_sharing_a_yaml_anchor_alone(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: t\ndata: {name: synthetic}\n"
+                    "models:\n  - {name: vgg11_cifar, train: &vgg {lr: 0.01}}\n  - {name: vgg13_cifar, train: *vgg}\n")
+    spec = load_spec(path, overrides=["models.0.train.lr=0.5"])
+    assert [spec.train_config(m).lr for m in spec.models] == [0.5, 0.01]
+
+def test_model_selection_keeps_each_models_recipe():
+    tree = {**BASE, "models": ["resnet20", {"name": "vgg11_cifar", "train": {"lr": 0.01}}, "vgg11_bn_cifar", "lenet5"]}
+    spec = parse_spec(dict(tree), only=["vgg*"], skip=["*_bn_cifar"])
+    assert [m.name for m in spec.models] == ["vgg11_cifar"]
+    assert spec.train_config(spec.models[0]).lr == 0.01
+    # Overrides address the file's list before selection.
+    spec = parse_spec(dict(tree), overrides=["models.3.train.epochs=2"], skip=["resnet20", "vgg*"])
+    assert [(m.name, spec.train_config(m).epochs) for m in spec.models] == [("lenet5", 2)]
+
+
+@pytest.mark.parametrize("only, skip, message", [
+    (["resnet2"], [], "--model 'resnet2' matches no model of the spec; its models: resnet20, lenet5"),
+    ([], ["vgg*"], "--skip 'vgg*' matches no model"),
+    (["lenet5"], ["lenet*"], "leave no model to run"),
+])
+def test_model_selection_errors(only, skip, message):
+    with pytest.raises(PipelineError, match=message.replace("*", r"\*")):
+        parse_spec({**BASE, "models": ["resnet20", "lenet5"]}, only=only, skip=skip)
+
 @pytest.mark.parametrize("tree, message", [
     ({**BASE, "trian": {}}, "unknown key 'trian'"),
     ({**BASE, "train": {"epochs": "many"}}, "train.epochs"),
