@@ -34,7 +34,7 @@ FAMILIES = (
     Family('Network in Network', 'Network In Network', 2014, ('nin',), ('nin_cifar',)),
     Family('GoogLeNet', 'Going Deeper with Convolutions', 2014, ('googlenet_v1',), ('googlenet_v1_cifar',), 6.7),
     Family('Inception-v4', 'Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning',
-           2016, ('inception_v4', 'inception_resnet_v2'), ()),
+           2016, ('inception_v4', 'inception_resnet_v2'), ('inception_v4_cifar', 'inception_resnet_v2_cifar')),
     Family('ResNet', 'Deep Residual Learning for Image Recognition', 2015,
            ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'),
            ('resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110',

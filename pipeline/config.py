@@ -413,21 +413,33 @@ def _unshared(node: Any) -> Any:
     return node
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
-    """Apply one `a.b.c=value` override; list items are addressed by index (models.0.name)."""
-    *parents, leaf = dotted.split(".")
-    node: Any = tree
-    for part in parents:
-        if isinstance(node, list):
-            if isinstance(node[int(part)], str):  # a model given by name only: models.0.train.lr=...
-                node[int(part)] = {"name": node[int(part)]}
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
+def _entry_name(entry: Any) -> str:
+    return str(entry.get("name") if isinstance(entry, dict) else entry)
+
+
+def _set_path(node: Any, parts: list[str], value: Any) -> None:
+    """Apply one `a.b.c=value` override. A list item is addressed by its index (models.0.lr) or, in the models
+    list, by a model name or shell-style pattern (models.vit*.train.lr) that sets every model it matches."""
+    head, *rest = parts
     if isinstance(node, list):
-        node[int(leaf)] = value
+        try:
+            indices = [range(len(node))[int(head)]]
+        except ValueError:
+            indices = [i for i, entry in enumerate(node) if fnmatch.fnmatchcase(_entry_name(entry), head)]
+            if not indices:
+                raise PipelineError(f"'{head}' matches no model of the spec; its models: "
+                                    f"{', '.join(map(_entry_name, node))}") from None
+        for index in indices:
+            if not rest:
+                node[index] = value
+                continue
+            if isinstance(node[index], str):  # a model given by name only: models.0.train.lr=...
+                node[index] = {"name": node[index]}
+            _set_path(node[index], rest, value)
+    elif not rest:
+        node[head] = value
     else:
-        node[leaf] = value
+        _set_path(node.setdefault(head, {}), rest, value)
 
 
 def _select_models(tree: dict, only: Sequence[str], skip: Sequence[str]) -> None:
@@ -436,15 +448,14 @@ def _select_models(tree: dict, only: Sequence[str], skip: Sequence[str]) -> None
     entries = tree.get("models")
     if not isinstance(entries, list):
         return  # validation names the problem
-    names = [e.get("name") if isinstance(e, dict) else e for e in entries]
+    names = [_entry_name(entry) for entry in entries]
     for option, patterns in (("--model", only), ("--skip", skip)):
         for pattern in patterns:
-            if not any(isinstance(n, str) and fnmatch.fnmatchcase(n, pattern) for n in names):
+            if not fnmatch.filter(names, pattern):
                 raise PipelineError(f"{option} '{pattern}' matches no model of the spec; its models: "
-                                    f"{', '.join(map(str, names))}")
+                                    f"{', '.join(names)}")
 
-    def kept(name) -> bool:
-        name = str(name)
+    def kept(name: str) -> bool:
         return ((not only or any(fnmatch.fnmatchcase(name, p) for p in only))
                 and not any(fnmatch.fnmatchcase(name, p) for p in skip))
 
@@ -464,7 +475,9 @@ def parse_spec(tree: Any, source: str = "spec", overrides: Sequence[str] = (),
         if not sep or not key:
             raise PipelineError(f"override '{override}' is not KEY=VALUE: write e.g. --set train.epochs=1")
         try:
-            _set_path(tree, key.strip(), yaml.safe_load(raw))
+            _set_path(tree, key.strip().split("."), yaml.safe_load(raw))
+        except PipelineError as exc:
+            raise PipelineError(f"override '{override}': {exc}") from None
         except (ValueError, IndexError, TypeError, AttributeError):
             raise PipelineError(f"override '{override}': '{key}' does not name a field of the spec") from None
     if only or skip:

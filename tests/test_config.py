@@ -35,6 +35,17 @@ def test_override_of_one_model_leaves_models_sharing_a_yaml_anchor_alone(tmp_pat
     spec = load_spec(path, overrides=["models.0.train.lr=0.5"])
     assert [spec.train_config(m).lr for m in spec.models] == [0.5, 0.01]
 
+def test_override_of_models_by_name_or_pattern():
+    tree = {**BASE, "models": ["vit_tiny_patch4_32", {"name": "hvt_tiny_patch4_32", "train": {"lr": 0.1}}, "lenet5"]}
+    spec = parse_spec(tree, overrides=["models.*_patch4_32.train.warmup_epochs=0", "models.lenet5.train.lr=0.5",
+                                       "models.-1.kwargs={drop_rate: 0.1}"])
+    assert [spec.train_config(m).warmup_epochs for m in spec.models] == [0, 0, spec.train.warmup_epochs]
+    assert [spec.train_config(m).lr for m in spec.models] == [spec.train.lr, 0.1, 0.5]
+    assert spec.models[2].kwargs == {"drop_rate": 0.1}
+    with pytest.raises(PipelineError, match=r"override 'models.vgg\*.train.lr=1': 'vgg\*' matches no model of the "
+                                            r"spec; its models: vit_tiny_patch4_32, hvt_tiny_patch4_32, lenet5"):
+        parse_spec(tree, overrides=["models.vgg*.train.lr=1"])
+
 def test_model_selection_keeps_each_models_recipe():
     tree = {**BASE, "models": ["resnet20", {"name": "vgg11_cifar", "train": {"lr": 0.01}}, "vgg11_bn_cifar", "lenet5"]}
     spec = parse_spec(dict(tree), only=["vgg*"], skip=["*_bn_cifar"])

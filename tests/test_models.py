@@ -142,7 +142,7 @@ SMALL_MODELS = [
     'lenet5', 'alexnet2012_cifar', 'zfnet_cifar', 'vgg11_bn_cifar', 'nin_cifar', 'googlenet_v1_cifar', 'resnet20',
     'plain20', 'resnet110_sd', 'preact_resnet110', 'preact_resnet164', 'wrn40_4', 'resnext29_8x64d', 'se_resnet20',
     'fractalnet20_cifar', 'densenet_bc_100_12', 'squeezenet1_0_cifar', 'squeezenet1_1_cifar',
-    'vit_tiny_patch4_32', 'hvt_tiny_patch4_32',
+    'vit_tiny_patch4_32', 'hvt_tiny_patch4_32', 'inception_v4_cifar', 'inception_resnet_v2_cifar',
 ]
 
 
@@ -174,6 +174,16 @@ def test_small_model_trains_one_step():
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
+
+
+@pytest.mark.parametrize('name', ['inception_v4', 'inception_resnet_v2'])
+def test_small_inception_is_timms_network_with_a_stride_one_stem(name):
+    small, full = meta_model(f'{name}_cifar', num_classes=10), meta_model(name, num_classes=10)
+    # the same layers with the same weights' shapes: only strides, padding and two poolings differ
+    assert [tuple(p.shape) for p in small.parameters()] == [tuple(p.shape) for p in full.parameters()]
+    assert small.forward_features(torch.empty(1, 3, 28, 28, device='meta')).shape == (1, 1536, 5, 5)
+    assert full.forward_features(torch.empty(1, 3, 299, 299, device='meta')).shape == (1, 1536, 8, 8)
+    assert [info['reduction'] for info in small.feature_info] == [1, 1, 1, 2, 4]
 
 def test_lenet_pads_28_to_32():
     model = timm.create_model('lenet5').eval()
