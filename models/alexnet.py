@@ -13,7 +13,7 @@ The small variants keep the filter banks with a 5x5/1 (AlexNet) or 3x3/1 (ZFNet)
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import LinearClassifierModel, cfg, small_cfg, variant_creator
+from ._common import LinearClassifierModel, cfg, he_init, small_cfg, variant_creator
 
 # per conv: (filters, kernel, stride, padding, grouped, lrn, max pool after)
 ALEXNET = ((96, 11, 4, 0, False, True, True), (256, 5, 1, 2, True, True, True), (384, 3, 1, 1, False, False, False),
@@ -47,6 +47,7 @@ class AlexNet(LinearClassifierModel):
             nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(chs * pool_size ** 2, fc_dim), nn.ReLU(inplace=True),
             nn.Dropout(drop_rate), nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
         self.fc = nn.Linear(fc_dim, num_classes) if num_classes else nn.Identity()
+        he_init(self)
 
 
 MODEL_CFGS = {

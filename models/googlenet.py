@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import ClassifierModel, cfg, small_cfg, variant_creator
+from ._common import ClassifierModel, cfg, he_init, small_cfg, variant_creator
 
 
 class GoogLeNetOutputs(NamedTuple):
@@ -109,6 +109,7 @@ class GoogLeNet(ClassifierModel):
         self.blocks = nn.ModuleList(blocks)
         self.aux = nn.ModuleList(AuxHead(c, num_classes) for c in aux_chs) if aux_logits else None
         self._init_head(chs, num_classes, global_pool, drop_rate)
+        he_init(self)
 
     def reset_classifier(self, num_classes, global_pool=None):
         super().reset_classifier(num_classes, global_pool)

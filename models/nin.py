@@ -9,7 +9,7 @@ same weights as a linear layer (the two commute), without a ReLU on the logits.
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import ClassifierModel, cfg, small_cfg, variant_creator
+from ._common import ClassifierModel, cfg, he_init, small_cfg, variant_creator
 
 
 def mlpconv(in_chs, filters, kernel, stride=1, padding=0):
@@ -37,6 +37,7 @@ class NiN(ClassifierModel):
             chs = filters[-1]
         self.features = nn.Sequential(*layers)
         self._init_head(chs, num_classes, global_pool)
+        he_init(self)
 
 
 MODEL_CFGS = {

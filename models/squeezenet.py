@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import ClassifierModel, cfg, small_cfg, variant_creator
+from ._common import ClassifierModel, cfg, he_init, small_cfg, variant_creator
 
 
 class Fire(nn.Module):
@@ -51,6 +51,7 @@ class SqueezeNet(ClassifierModel):
                 chs = spec[1] + spec[2]
         self.features = nn.Sequential(*layers)
         self._init_head(chs, num_classes, global_pool, drop_rate)
+        he_init(self)
 
 
 MODEL_CFGS = {

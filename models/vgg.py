@@ -8,7 +8,7 @@ and a 512-512 classifier instead of 4096-4096 over a 7x7 map.
 from torch import nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._common import LinearClassifierModel, create, small_cfg
+from ._common import LinearClassifierModel, create, he_init, small_cfg
 
 LAYOUTS = {  # filters per conv, 'M' = max pool (the paper's configurations A, B, D, E)
     11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
@@ -37,6 +37,7 @@ class VGG(LinearClassifierModel):
             nn.Flatten(), nn.Linear(chs * pool_size ** 2, fc_dim), nn.ReLU(True), nn.Dropout(drop_rate),
             nn.Linear(fc_dim, fc_dim), nn.ReLU(True), nn.Dropout(drop_rate))
         self.fc = nn.Linear(fc_dim, num_classes) if num_classes else nn.Identity()
+        he_init(self)
 
 
 default_cfgs = generate_default_cfgs({

@@ -185,6 +185,18 @@ def test_small_inception_is_timms_network_with_a_stride_one_stem(name):
     assert full.forward_features(torch.empty(1, 3, 299, 299, device='meta')).shape == (1, 1536, 8, 8)
     assert [info['reduction'] for info in small.feature_info] == [1, 1, 1, 2, 4]
 
+
+@pytest.mark.parametrize('name', ['alexnet2012_cifar', 'zfnet_cifar', 'vgg19_cifar', 'nin_cifar', 'googlenet_v1_cifar',
+                                  'squeezenet1_0_cifar'])
+def test_families_without_batch_norm_keep_the_signal_at_init(name):
+    # He init: the features reaching the classifier keep the input's scale (PyTorch's default init leaves
+    # about 1/50 of it after 8-19 conv + ReLU layers, and these nets then do not train)
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, in_chans=1).eval()
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(torch.randn(8, 1, 28, 28)), pre_logits=True)
+    assert features.pow(2).mean().sqrt() > 0.3
+
 def test_lenet_pads_28_to_32():
     model = timm.create_model('lenet5').eval()
     x = torch.randn(1, 1, 28, 28)
