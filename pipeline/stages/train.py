@@ -88,35 +88,35 @@ def train_stage(context: RunContext) -> None:
                   "stage": "train", "spec": spec.name, "paper_year": _paper_year(entry.name),
                   "accelerator": accelerator},
             metrics=complexity)
-        context.console.print(f"[bold]{entry.name}[/]: {complexity['param_count']:.3f} M params, "
-                              f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, run {run_id}")
-        with ProgressPrinter(context.console) as progress:
-            config = WorkerConfig(
-                model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(),
-                data=spec.data.model_dump(), num_classes=len(classes), in_chans=in_chans,
-                mean=data.train.mean if data is not None else normalization(spec.data, in_chans)[0],
-                std=data.train.std if data is not None else normalization(spec.data, in_chans)[1],
-                hflip=data.train.hflip if data is not None else info.hflip, threads=spec.resources.threads,
-                splits_ref=splits_ref, stream=stream, run_id=run_id, tracking_uri=tracker.uri,
-                progress=progress.queue, label=entry.name)
-            try:
+        try:  # an interrupt anywhere after the run exists marks it killed, not left running
+            context.console.print(f"[bold]{entry.name}[/]: {complexity['param_count']:.3f} M params, "
+                                  f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, run {run_id}")
+            with ProgressPrinter(context.console) as progress:
+                config = WorkerConfig(
+                    model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(),
+                    data=spec.data.model_dump(), num_classes=len(classes), in_chans=in_chans,
+                    mean=data.train.mean if data is not None else normalization(spec.data, in_chans)[0],
+                    std=data.train.std if data is not None else normalization(spec.data, in_chans)[1],
+                    hflip=data.train.hflip if data is not None else info.hflip, threads=spec.resources.threads,
+                    splits_ref=splits_ref, stream=stream, run_id=run_id, tracking_uri=tracker.uri,
+                    progress=progress.queue, label=entry.name)
                 result = fit(config, spec.resources, storage, f"{spec.name}-{entry.name}-{context.parent_run_id[:8]}")
-            except KeyboardInterrupt:
-                tracker.finish(run_id, "KILLED")
-                raise
-        if result.error is not None or result.checkpoint is None:
-            reason = str(result.error).strip().splitlines()[-1] if result.error else "no checkpoint"
-            context.console.print(f"[bold red]{entry.name} failed:[/] {reason}")
-            tracker.client.set_tag(run_id, "error", reason[:5000])
-            tracker.finish(run_id, "FAILED")
-            context.failures.append(entry.name)
-            continue
-        _log_model(tracker, run_id, result.checkpoint, {
-            "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(classes), "classes": classes,
-            "in_chans": in_chans, "image_size": image_size, "mean": list(config.mean), "std": list(config.std)},
-            data.test.labels if data is not None else None)
-        tracker.finish(run_id)
-        results[entry.name] = {"run_id": run_id, "metrics": result.metrics}
+            if result.error is not None or result.checkpoint is None:
+                reason = str(result.error).strip().splitlines()[-1] if result.error else "no checkpoint"
+                context.console.print(f"[bold red]{entry.name} failed:[/] {reason}")
+                tracker.client.set_tag(run_id, "error", reason[:5000])
+                tracker.finish(run_id, "FAILED")
+                context.failures.append(entry.name)
+                continue
+            _log_model(tracker, run_id, result.checkpoint, {
+                "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(classes), "classes": classes,
+                "in_chans": in_chans, "image_size": image_size, "mean": list(config.mean), "std": list(config.std)},
+                data.test.labels if data is not None else None)
+            tracker.finish(run_id)
+            results[entry.name] = {"run_id": run_id, "metrics": result.metrics}
+        except KeyboardInterrupt:
+            tracker.finish(run_id, "KILLED")
+            raise
 
 
 def _stream_args(spec: Spec, info, image_size: int) -> dict[str, Any]:
