@@ -93,8 +93,9 @@ def test_killed_worker_resumes_from_checkpoint_and_logs_each_epoch_once(ray_clus
             for run in runs:
                 steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
                 if steps == [1] and (pids := _train_worker_pids()):
-                    # Mid-way through epoch 2: Ray Train has registered epoch 1's checkpoint by then.
-                    time.sleep(1.5)
+                    # Into epoch 2: Ray Train has registered epoch 1's checkpoint by then (a kill within about
+                    # 1 s of a report can lose that checkpoint, and the run would restart from scratch).
+                    time.sleep(2.5)
                     os.kill(pids[-1], signal.SIGKILL)
                     killed.append(max(steps))
                     return
