@@ -417,6 +417,14 @@ def _entry_name(entry: Any) -> str:
     return str(entry.get("name") if isinstance(entry, dict) else entry)
 
 
+def _matching(names: list[str], pattern: str, what: str) -> list[int]:
+    """Indices of the names that a shell-style pattern matches; a one-line error listing them when none does."""
+    indices = [i for i, name in enumerate(names) if fnmatch.fnmatchcase(name, pattern)]
+    if not indices:
+        raise PipelineError(f"{what}'{pattern}' matches no model of the spec; its models: {', '.join(names)}")
+    return indices
+
+
 def _set_path(node: Any, parts: list[str], value: Any) -> None:
     """Apply one `a.b.c=value` override. A list item is addressed by its index (models.0.lr) or, in the models
     list, by a model name or shell-style pattern (models.vit*.train.lr) that sets every model it matches."""
@@ -425,10 +433,7 @@ def _set_path(node: Any, parts: list[str], value: Any) -> None:
         try:
             indices = [range(len(node))[int(head)]]
         except ValueError:
-            indices = [i for i, entry in enumerate(node) if fnmatch.fnmatchcase(_entry_name(entry), head)]
-            if not indices:
-                raise PipelineError(f"'{head}' matches no model of the spec; its models: "
-                                    f"{', '.join(map(_entry_name, node))}") from None
+            indices = _matching([_entry_name(entry) for entry in node], head, "")
         for index in indices:
             if not rest:
                 node[index] = value
@@ -449,24 +454,17 @@ def _select_models(tree: dict, only: Sequence[str], skip: Sequence[str]) -> None
     if not isinstance(entries, list):
         return  # validation names the problem
     names = [_entry_name(entry) for entry in entries]
-    for option, patterns in (("--model", only), ("--skip", skip)):
-        for pattern in patterns:
-            if not fnmatch.filter(names, pattern):
-                raise PipelineError(f"{option} '{pattern}' matches no model of the spec; its models: "
-                                    f"{', '.join(names)}")
-
-    def kept(name: str) -> bool:
-        return ((not only or any(fnmatch.fnmatchcase(name, p) for p in only))
-                and not any(fnmatch.fnmatchcase(name, p) for p in skip))
-
-    tree["models"] = [entry for entry, name in zip(entries, names) if kept(name)]
+    kept = set(range(len(entries))) if not only else {i for p in only for i in _matching(names, p, "--model ")}
+    kept -= {i for p in skip for i in _matching(names, p, "--skip ")}
+    tree["models"] = [entry for i, entry in enumerate(entries) if i in kept]
     if not tree["models"]:
         raise PipelineError("--model/--skip leave no model to run: loosen them")
 
 
 def parse_spec(tree: Any, source: str = "spec", overrides: Sequence[str] = (),
                only: Sequence[str] = (), skip: Sequence[str] = ()) -> Spec:
-    """Validate a spec tree after `--set` overrides (list items by index in the file) and model selection."""
+    """Validate a spec tree after `--set` overrides (models by index in the file, name or pattern) and
+    model selection (--model / --skip)."""
     if not isinstance(tree, dict):
         raise PipelineError(f"{source}: an experiment spec must be a YAML mapping (name:, data:, models:, ...)")
     tree = _unshared(tree)

@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -60,7 +61,7 @@ def _call(address: str, function, *args):
 
 
 def submit(spec_path: str, overrides: list[str], address: str, working_dir: str = ".", verbose: bool = False,
-           only: list[str] = (), skip: list[str] = ()) -> str:
+           only: Sequence[str] = (), skip: Sequence[str] = ()) -> str:
     """Submit `pipeline run SPEC` as a Ray Job with `working_dir` as its working directory; returns the job id."""
     from pipeline.config import load_spec
 
