@@ -44,30 +44,25 @@ def plain_loop(model_name: str, splits, batch_size: int, epochs: int, threads: i
 
 def ray_train_path(spec, splits, console: Console) -> dict[str, float]:
     """The pipeline's own path (one Ray Train worker), with its fixed start-up costs."""
-    import ray
-
     from pipeline.cluster import init_ray
-    from pipeline.progress import ProgressPrinter
-    from pipeline.train import WorkerConfig, fit
+    from pipeline.context import RunContext
+    from pipeline.stages.train import worker_config
+    from pipeline.train import fit, read_state
 
     started = time.time()
     init_ray()
     ray_ready = time.time()
     entry = spec.models[0]
-    with ProgressPrinter(console) as progress:
-        config = WorkerConfig(model=entry.name, model_kwargs={}, train=spec.train.model_dump(),
-                              data=spec.data.model_dump(), num_classes=splits.train.num_classes,
-                              in_chans=splits.train.in_chans, mean=splits.train.mean, std=splits.train.std,
-                              hflip=splits.train.hflip, threads=spec.resources.threads, splits_ref=ray.put(splits),
-                              progress=progress.queue, label=entry.name)
-        fit_started = time.time()
-        result = fit(config, spec.resources, os.path.abspath(spec.storage_path), f"benchmark-{int(started)}")
+    config, _ = worker_config(RunContext(spec), entry, spec.train, spec.data, spec.resources.threads, entry.name)
+    first_step = []
+    fit_started = time.time()
+    result = fit(config, spec.resources, os.path.abspath(spec.storage_path), f"benchmark-{int(started)}",
+                 on_event=lambda event: first_step.append(event["time"]) if event["kind"] == "first_step" else None)
     if result.error:
         raise result.error
-    with result.checkpoint.as_directory() as directory:
-        history = torch.load(os.path.join(directory, "state.pt"), weights_only=False)["history"]
-    return {"rates": [h["train_samples_per_sec"] for h in history], "ray_init_s": ray_ready - started,
-            "first_step_s": (progress.first_step_at or fit_started) - fit_started}
+    history = read_state(result.checkpoint)["history"]
+    return {"rates": [h["samples_per_sec"] for h in history], "ray_init_s": ray_ready - started,
+            "first_step_s": (first_step[0] if first_step else fit_started) - fit_started}
 
 
 def run_benchmark(model: str, data_name: str, batch_size: int, steps: int, epochs: int, threads: int,
@@ -105,19 +100,18 @@ def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: i
                            repeats: int, console: Console) -> dict[str, float]:
     """Training-step time of the pipeline's path with MLflow logging on and off, interleaved `repeats` times.
 
-    Logging happens per epoch on rank 0, one `log_batch` request per epoch, outside the step loop; this
-    measures what that costs the steps (median over repeats of the steady-state epochs).
+    Rank 0 sends its events through the relay; this process writes one `log_batch` request per epoch;
+    this measures what that costs the steps (median over repeats of the steady-state epochs).
     """
     import statistics
 
-    import ray
-
     from pipeline.cluster import init_ray
     from pipeline.config import parse_spec
-    from pipeline.data import load_splits
-    from pipeline.progress import ProgressPrinter
+    from pipeline.context import RunContext
+    from pipeline.relay import RunWriter
+    from pipeline.stages.train import worker_config
     from pipeline.tracking import Tracker
-    from pipeline.train import WorkerConfig, fit
+    from pipeline.train import fit, read_state
 
     spec = parse_spec({
         "name": "benchmark", "models": [model], "stages": ["train"],
@@ -126,9 +120,8 @@ def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: i
         "resources": {"num_workers": 1, "cpus_per_worker": threads, "threads_per_worker": threads,
                       "max_failures": 0},
         "storage_path": ".pipeline/benchmark"})
-    splits = load_splits(spec.data)
     init_ray()
-    splits_ref = ray.put(splits)
+    config, _ = worker_config(RunContext(spec), spec.models[0], spec.train, spec.data, threads, model)
     tracker = Tracker(f"sqlite:///{os.path.abspath('.pipeline/benchmark/mlflow.db')}")
     os.makedirs(".pipeline/benchmark", exist_ok=True)
     experiment = tracker.experiment_id("benchmark-tracking")
@@ -139,22 +132,15 @@ def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: i
         for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):  # alternate to cancel order effects
             run_id = tracker.start_run(experiment, f"{model}-{mode}", tags={"stage": "benchmark"}) \
                 if mode == "on" else None
-            with ProgressPrinter(console) as progress:
-                config = WorkerConfig(model=model, model_kwargs={}, train=spec.train.model_dump(),
-                                      data=spec.data.model_dump(), num_classes=splits.train.num_classes,
-                                      in_chans=splits.train.in_chans, mean=splits.train.mean, std=splits.train.std,
-                                      hflip=splits.train.hflip, threads=threads, splits_ref=splits_ref,
-                                      run_id=run_id, tracking_uri=tracker.uri if run_id else None,
-                                      progress=progress.queue, label=f"{model} (tracking {mode})")
-                result = fit(config, spec.resources, os.path.abspath(spec.storage_path),
-                             f"benchmark-tracking-{int(time.time())}-{repeat}-{mode}")
+            result = fit(config, spec.resources, os.path.abspath(spec.storage_path),
+                         f"benchmark-tracking-{int(time.time())}-{repeat}-{mode}",
+                         on_event=RunWriter(tracker, run_id) if run_id else None)
             if result.error:
                 raise result.error
             if run_id:
                 tracker.finish(run_id)
-            with result.checkpoint.as_directory() as directory:
-                history = torch.load(os.path.join(directory, "state.pt"), weights_only=False)["history"]
-            rates = [h["train_samples_per_sec"] for h in history[1:]]  # the first epoch is warm-up
+            history = read_state(result.checkpoint)["history"]
+            rates = [h["samples_per_sec"] for h in history[1:]]  # the first epoch is warm-up
             step_ms[mode].append(1000 * batch_size / statistics.median(rates))
     off, on = statistics.median(step_ms["off"]), statistics.median(step_ms["on"])
     table = Table(title="Training-step time, MLflow tracking off and on (steady-state epochs)")

@@ -37,42 +37,93 @@ def validate(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[li
                   f"stages {' -> '.join(loaded.stages)}")
 
 
+RerunOption = typer.Option(None, "--rerun", help="Train these units again although they are cached: unit names or "
+                                                 "patterns (train/resnet*, resnet20) or 'all' (repeatable).")
+
+
 @app.command()
 def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[str]] = OnlyOption,
-        skip: Optional[list[str]] = SkipOption,
+        skip: Optional[list[str]] = SkipOption, rerun: Optional[list[str]] = RerunOption,
+        dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan (pipeline status) and run nothing."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
         address: Optional[str] = typer.Option(None, "--address", help="Submit to this Ray cluster's head through "
                                               "Ray Jobs (http://HEAD:8265) instead of running here."),
         working_dir: str = typer.Option(".", "--working-dir", help="With --address: the folder sent to the "
                                         "cluster as the job's working directory (holds the spec)."),
         detach: bool = typer.Option(False, "--detach", help="With --address: return after submitting.")) -> None:
-    """Run an experiment spec: its stages in order, tracked in MLflow (here, or on a cluster with --address)."""
+    """Run an experiment spec as a workflow: its units run concurrently, cached ones are reused, cut-off ones
+    resume (here, or on a cluster with --address)."""
     from pipeline import workflow
     from pipeline.config import load_spec
 
+    if dry_run:
+        return status(spec, set_, only, skip, rerun)
     if address:
         from pipeline import jobs
 
-        job_id = jobs.submit(spec, set_ or [], address, working_dir, verbose, only or [], skip or [])
+        job_id = jobs.submit(spec, set_ or [], address, working_dir, verbose, only or [], skip or [], rerun or [])
         console.print(f"submitted job [bold]{job_id}[/] to {address}")
         if detach:
             console.print(f"follow it with: pipeline logs {job_id} --follow --address {address}")
             return
         try:
-            status = jobs.follow(address, job_id)
+            status_ = jobs.follow(address, job_id)
         except KeyboardInterrupt:
             console.print(f"the job goes on; stop it with: pipeline stop {job_id} --address {address}")
             return
-        console.print(f"job {job_id}: {status}")
+        console.print(f"job {job_id}: {status_}")
         return
     loaded = load_spec(spec, set_ or [], only or [], skip or [])
+    _quiet_mlflow(verbose)
+    context = workflow.run(loaded, console, verbose, rerun or [])
+    if context.failures:
+        raise PipelineError(f"{len(context.failures)} unit(s) failed: {', '.join(context.failures)} (the reasons are "
+                            f"above and in the runs' 'error' tag; rerun with --verbose for Ray's logs)")
+
+
+def _quiet_mlflow(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    context = workflow.run(loaded, console, verbose)
+
+
+@app.command()
+def status(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[str]] = OnlyOption,
+           skip: Optional[list[str]] = SkipOption, rerun: Optional[list[str]] = RerunOption) -> None:
+    """The spec's DAG of units: per unit what it needs, its key, its state (cached with its run, partial with
+    its last epoch, pending, failed with the reason) and the resources it asks for."""
+    from rich.table import Table
+
+    from pipeline import workflow
+    from pipeline.config import load_spec
+
+    loaded = load_spec(spec, set_ or [], only or [], skip or [])
+    _quiet_mlflow(False)
+    engine = workflow.prepare(loaded, console, rerun=rerun or [])
+    table = Table(title=f"{loaded.name}: experiment '{loaded.experiment_name}' in {engine.context.tracker.display_uri}")
+    for column in ("unit", "needs", "key", "state", "resources"):
+        table.add_column(column)
+    for row in workflow.unit_table(engine):
+        table.add_row(*row.values())
+    console.print(table)
+
+
+@app.command("rerun")
+def rerun_run(run_id: str = typer.Argument(..., help="The MLflow run of a unit (a leaderboard row's run)."),
+              verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs."),
+              tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Train a unit again from what its run recorded (spec, key, code version), as a new run beside the old
+    one, and print both results."""
+    from pipeline import workflow
+    from pipeline.tracking import resolve_uri
+
+    _quiet_mlflow(verbose)
+    old, spec, unit = workflow.rebuild(resolve_uri(tracking_uri), run_id, console)
+    context = workflow.run(spec, console, verbose, [unit])
     if context.failures:
-        raise PipelineError(f"{len(context.failures)} model(s) failed: {', '.join(context.failures)} "
-                            f"(see the runs' 'error' tag in MLflow, or rerun with --verbose)")
+        raise PipelineError(f"the rerun of {unit} failed (see above)")
+    new = workflow.result_of(context, unit)
+    console.print(workflow.compare_line(old, new))
 
 
 @app.command()

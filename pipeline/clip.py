@@ -176,9 +176,7 @@ class ClipWorkerConfig:
     image_input: ImageInput
     max_shift: int = 0
     threads: int = 1
-    run_id: str | None = None
-    tracking_uri: str | None = None
-    progress: Any = None
+    progress: Any = None  # set by `fit`
     label: str = ""
 
 
@@ -277,7 +275,7 @@ def load_trained(folder: str | Path):
     folder = Path(folder)
     meta = json.loads((folder / "model.json").read_text())
     model, tokenizer = create_model(meta["model"], **meta.get("model_kwargs", {}))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     return model, tokenizer, ImageInput(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"])), meta
 
 
@@ -292,7 +290,7 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
     from pipeline.data.augment import random_hflip, random_translate
     from pipeline.data.batches import TensorBatches
     from pipeline.data.captions import heldout_pairs
-    from pipeline.train import EpochLog, all_reduce_sum, load_checkpoint, save_checkpoint, unwrap, worker_setup
+    from pipeline.train import Events, all_reduce_sum, load_checkpoint, report, unwrap, worker_setup
 
     hp, rank, world_size, device, autocast = worker_setup(config.threads, config.train)
 
@@ -319,11 +317,9 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
-    log = EpochLog(config) if rank == 0 else None
-    if log and state is not None:
-        log.resumed(start_epoch)
-        for past in history:
-            log.epoch(past)
+    events = Events(config) if rank == 0 else None
+    if events and state is not None:
+        events.resumed(start_epoch, history)
 
     heldout_index, heldout_captions, heldout_groups = heldout_pairs(data.heldout, hp.heldout_pairs, hp.seed)
     budget_s = hp.time_limit_min * 60 if hp.time_limit_min else None
@@ -361,11 +357,11 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
                 unwrap(model).logit_scale.clamp_(0, math.log(100))
             loss_sum += loss.detach() * len(groups)
             seen += len(groups)
-            if log and step == 0 and epoch == start_epoch:
-                log.event("first_step", time=time.time())
-            if log and time.perf_counter() - last_event > 2:
+            if events and step == 0 and epoch == start_epoch:
+                events("first_step", time=time.time())
+            if events and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
-                log.event("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
+                events("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
                           loss=loss_sum.item() / seen, images_per_sec=seen * world_size / (last_event - started))
             if out_of_time:
                 break
@@ -374,7 +370,7 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": loss_total / seen_total,
                    "temperature": 1 / unwrap(model).logit_scale.exp().item(),
                    "logit_scale": unwrap(model).logit_scale.exp().item(),
-                   "train_samples_per_sec": seen_total / train_time, "lr": optimizer.param_groups[0]["lr"]}
+                   "samples_per_sec": seen_total / train_time, "lr": optimizer.param_groups[0]["lr"]}
         if rank == 0:  # held-out evaluation is small: rank 0 alone computes it while the others wait
             clip = unwrap(model)
             image_features = encode_images(clip, data.heldout.images[heldout_index], image_input, device,
@@ -389,14 +385,11 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         metrics["epoch_time_s"] = time.perf_counter() - started
         spent_s += metrics["epoch_time_s"]
         history.append(metrics)
-        checkpoint = None
-        if rank == 0:
-            checkpoint = save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                          "history": history, "model_name": config.model})
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if log:
-            log.epoch(metrics)
+        report(metrics, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
+                         "model_name": config.model} if rank == 0 else None)
+        if events:
+            events("epoch", metrics=metrics)
 
 
 def _slowest_clock(seconds: float, device) -> float:
@@ -484,9 +477,13 @@ def run_benchmark(spec_path: str, overrides: list[str], budget_min: float, targe
     if context.failures:
         raise PipelineError(f"pretraining failed: {', '.join(context.failures)} (see the run's 'error' tag in MLflow)")
     pretrain = context.outputs["clip_pretrain"]
+    if "history" not in pretrain:
+        raise PipelineError("the pretraining is cached, so its time is not measured here: rerun with a fresh "
+                            "store, or pass --set clip.train.seed=N for a new unit")
     pretrain_s = sum(h["epoch_time_s"] for h in pretrain["history"])
-    zero_shot = context.outputs["zero_shot"]["zero_shot"]["metrics"]
-    probe = context.outputs["zero_shot"].get("linear_probe", {}).get("metrics")
+    evaluated = context.outputs["zero_shot"]
+    zero_shot = evaluated["zero_shot"]["metrics"]
+    probe = evaluated.get("linear_probe", {}).get("metrics")
     console.print(f"pretraining: {len(pretrain['history'])} epochs in {pretrain_s / 60:.1f} min "
                   f"(whole workflow so far {(time.perf_counter() - started) / 60:.1f} min); "
                   "now the same image tower, supervised, with the same budget...")

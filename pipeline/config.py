@@ -89,6 +89,7 @@ class ModelEntry(Strict):
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra arguments of timm.create_model
     train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
+    resources: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the resources section
 
     @field_validator("name")
     @classmethod
@@ -314,6 +315,8 @@ class Spec(Strict):
     # Ray checkpoints: a local path, a shared file system or s3://; $PIPELINE_STORAGE_PATH on a cluster.
     storage_path: str = Field(default_factory=lambda: os.environ.get("PIPELINE_STORAGE_PATH", ".pipeline/checkpoints"))
     stages: list[str] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
+    # Units training at once; default: as many as the cluster's resources fit.
+    max_concurrent_units: int | None = Field(None, ge=1)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)  # the ensemble stage
     clip: ClipConfig | None = None  # the clip_pretrain and zero_shot stages
     sweep: SweepConfig | None = None  # the sweep and retrain stages
@@ -340,9 +343,9 @@ class Spec(Strict):
     def _sweep_given(self):
         if self.sweep is None and (needs := [n for n in ("sweep", "retrain") if n in self.stages]):
             raise ValueError(f"stage '{needs[0]}' needs a sweep: section (space:, num_samples:, ...)")
-        if "retrain" in self.stages and ("sweep" not in self.stages
-                                         or self.stages.index("retrain") < self.stages.index("sweep")):
-            raise ValueError("stage 'retrain' retrains the sweep's best config: list it after 'sweep'")
+        if "retrain" in self.stages and "sweep" not in self.stages:
+            raise ValueError("stage 'retrain' retrains the sweep's best config, and no stage produces one: "
+                             "add stage 'sweep'")
         return self
 
     @model_validator(mode="after")
@@ -357,6 +360,7 @@ class Spec(Strict):
     def _overrides_valid(self):
         for entry in self.models:
             self.train_config(entry)
+            self.resources_for(entry)
         return self
 
     def train_config(self, entry: ModelEntry) -> TrainConfig:
@@ -365,6 +369,13 @@ class Spec(Strict):
             return TrainConfig.model_validate({**self.train.model_dump(), **entry.train})
         except ValidationError as exc:
             raise ValueError(f"models[{entry.name}].train: {_first_error(exc)}") from None
+
+    def resources_for(self, entry: ModelEntry) -> ResourcesConfig:
+        """The resources section with the model's own overrides applied (wrn28_10 on 4 GPUs beside LeNet on one CPU)."""
+        try:
+            return ResourcesConfig.model_validate({**self.resources.model_dump(), **entry.resources})
+        except ValidationError as exc:
+            raise ValueError(f"models[{entry.name}].resources: {_first_error(exc)}") from None
 
     @property
     def experiment_name(self) -> str:

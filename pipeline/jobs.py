@@ -61,7 +61,7 @@ def _call(address: str, function, *args):
 
 
 def submit(spec_path: str, overrides: list[str], address: str, working_dir: str = ".", verbose: bool = False,
-           only: Sequence[str] = (), skip: Sequence[str] = ()) -> str:
+           only: Sequence[str] = (), skip: Sequence[str] = (), rerun: Sequence[str] = ()) -> str:
     """Submit `pipeline run SPEC` as a Ray Job with `working_dir` as its working directory; returns the job id."""
     from pipeline.config import load_spec
 
@@ -73,7 +73,7 @@ def submit(spec_path: str, overrides: list[str], address: str, working_dir: str 
         raise PipelineError(f"spec {spec_path} is outside the working folder {root} that is sent to the cluster: "
                             "move it inside or pass --working-dir") from None
     command = ["python", "-m", "pipeline", "run", relative.as_posix(), *(f"--set={o}" for o in overrides),
-               *(f"--model={m}" for m in only), *(f"--skip={m}" for m in skip)]
+               *(f"--model={m}" for m in only), *(f"--skip={m}" for m in skip), *(f"--rerun={r}" for r in rerun)]
     if verbose:
         command.append("--verbose")
     env = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}

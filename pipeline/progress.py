@@ -1,73 +1,96 @@
-"""Training progress a person can follow: rank 0 sends events through a Ray queue, the driver prints them."""
+"""What a person sees while a workflow runs: one live line per running unit (epoch, loss, accuracy,
+images/s, ETA) above which every unit's events print (epochs, resumes, failures, results)."""
 from __future__ import annotations
 
 import threading
-from queue import Empty
+import time
+from typing import Callable
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 
-class ProgressPrinter:
-    """Reads progress events in a background thread while `trainer.fit()` blocks the driver."""
+def epoch_line(m: dict) -> str:
+    val = (f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.2f}% top-5 {m['val_top5']:.2f}%"
+           if "val_loss" in m else "no validation split")
+    return (f"epoch {int(m['epoch'])}: train loss {m['train_loss']:.4f} acc {m['train_top1']:.2f}% | {val} | "
+            f"{m['samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
 
-    def __init__(self, console: Console):
-        from ray.util.queue import Queue
 
+class WorkflowDisplay:
+    """Prints lines for everyone (thread-safe); on a terminal, also a live table of the running units."""
+
+    def __init__(self, console: Console, verbose: bool = False):
         self.console = console
-        self.queue = Queue(actor_options={"num_cpus": 0})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._status = None
-        self.first_step_at: float | None = None  # wall-clock time of the first training step
+        self.rows: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._live = Live(console=console, refresh_per_second=2, transient=True, get_renderable=self._table) \
+            if console.is_terminal else None
 
-    def __enter__(self):
-        self._status = self.console.status("starting workers...")
-        self._status.start()
-        self._thread.start()
+    def __enter__(self) -> "WorkflowDisplay":
+        if self._live:
+            self._live.start()
         return self
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._drain()
-        self._status.stop()
-        self.queue.shutdown()
+    def __exit__(self, *exc) -> None:
+        if self._live:
+            self._live.stop()
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.show(self.queue.get(timeout=0.5))
-            except Empty:
-                continue
-            except Exception:  # the queue actor is gone: the run is ending
+    def print(self, *objects, **kwargs) -> None:
+        with self._lock:
+            self.console.print(*objects, **kwargs)
+
+    def handler(self, unit: str, epochs: int, line: Callable[[dict], str] = epoch_line) -> Callable[[dict], None]:
+        """The events of one unit's rank 0, shown as its live row and as printed lines."""
+        with self._lock:
+            self.rows[unit] = {"epoch": f"0/{epochs}", "state": "starting workers", "started": time.time()}
+
+        def show(event: dict) -> None:
+            kind, row = event["kind"], self.rows.get(unit)
+            if row is None:
                 return
-
-    def _drain(self):
-        try:
-            while not self.queue.empty():
-                self.show(self.queue.get_nowait())
-        except Exception:
-            pass
-
-    def show(self, event: dict) -> None:
-        model = event["model"]
-        if event["kind"] == "first_step":
-            self.first_step_at = event["time"]
-        elif event["kind"] == "step":
-            self._status.update(
-                f"[bold]{model}[/] epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['steps']} "
-                f"loss {event['loss']:.4f}  {event['images_per_sec']:,.0f} img/s")
-        elif event["kind"] == "epoch":
-            m = event["metrics"]
-            self.console.print(
-                f"[bold]{model}[/] epoch {int(m['epoch'])}: train loss {m['train_loss']:.4f} "
-                f"acc {m['train_top1']:.2f}% | val loss {m.get('val_loss', float('nan')):.4f} "
-                f"top-1 {m.get('val_top1', float('nan')):.2f}% top-5 {m.get('val_top5', float('nan')):.2f}% | "
-                f"{m['train_samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
-            self._status.update(f"[bold]{model}[/] next epoch...")
-        elif event["kind"] == "resumed":
-            self.console.print(f"[bold yellow]{model}[/] workers restarted: resuming after epoch {event['epoch']}")
-        elif event["kind"] == "final":
-            m = event["metrics"]
-            self.console.print(f"[bold green]{model}[/] test: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% "
+            if kind == "step":
+                elapsed = time.time() - row.setdefault("epoch_started", time.time())
+                per_step = elapsed / max(event["step"], 1)
+                remaining = (event["steps"] - event["step"]) + (event["epochs"] - event["epoch"]) * event["steps"]
+                row.update(epoch=f"{event['epoch']}/{event['epochs']}", state="training",
+                           loss=f"{event['loss']:.4f}", rate=f"{event['images_per_sec']:,.0f}",
+                           eta=_duration(per_step * remaining))
+            elif kind == "epoch":
+                m = event["metrics"]
+                row.pop("epoch_started", None)
+                row.update(epoch=f"{int(m['epoch'])}/{epochs}", state="evaluating" if int(m["epoch"]) == epochs
+                           else "training", loss=f"{m['train_loss']:.4f}",
+                           acc=f"{m.get('val_top1', m.get('train_top1', float('nan'))):.2f}%")
+                self.print(f"[bold]{unit}[/] {line(m)}")
+            elif kind == "resumed":
+                self.print(f"[bold yellow]{unit}[/] workers restarted: resuming after epoch {event['epoch']}")
+            elif kind == "final":
+                m = event["metrics"]
+                if "top1" in m:
+                    self.print(f"[bold green]{unit}[/] test: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% "
                                f"(error {m['top1_err']:.2f}% / {m['top5_err']:.2f}%)")
+                with self._lock:
+                    self.rows.pop(unit, None)
+        return show
+
+    def done(self, unit: str) -> None:
+        with self._lock:
+            self.rows.pop(unit, None)
+
+    def _table(self) -> Table:
+        table = Table(box=None, show_header=True, header_style="dim")
+        for column in ("unit", "epoch", "state", "loss", "acc", "img/s", "ETA"):
+            table.add_column(column)
+        with self._lock:
+            rows = dict(self.rows)
+        for unit, row in rows.items():
+            table.add_row(unit, row.get("epoch", ""), row.get("state", ""), row.get("loss", ""), row.get("acc", ""),
+                          row.get("rate", ""), row.get("eta", ""))
+        return table
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

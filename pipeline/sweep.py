@@ -128,17 +128,19 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from pipeline.tracking import Tracker
     from pipeline.train import fit
 
+    from pipeline.relay import RunWriter
+
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
     tracker = Tracker(setup.tracking_uri)
     run_id = trial_run(tracker, setup, trial_id, config, {**setup.base_train, **config})
     train = TrainConfig.model_validate({**setup.base_train, **config}).model_dump()  # a failure ends the trial
-    worker = dataclasses.replace(setup.worker, train=train, run_id=run_id, tracking_uri=setup.tracking_uri,
-                                 evaluate_test=False, progress=None, label=f"{setup.tags['model']}-{trial_id}",
-                                 started_at=started)
+    worker = dataclasses.replace(setup.worker, train=train, evaluate_test=False,
+                                 label=f"{setup.tags['model']}-{trial_id}")
     # The Train run's name is the trial's: a restored trial resumes from its own latest checkpoint.
+    # This trial process is the trial run's MLflow writer, as the driver is for a unit's run.
     result = fit(worker, setup.resources, setup.train_storage, f"{setup.sweep_key}-{trial_id}",
-                 callbacks=[TuneReportCallback()])
+                 on_event=RunWriter(tracker, run_id, started_at=started), callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
 
@@ -155,8 +157,9 @@ def error_reason(trial) -> str:
 class TrialEnds(tune.Callback):
     """Driver side: how each trial ended, on its MLflow run (tag `end`, status, `error`)."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, sweep_key: str, epochs: int):
+    def __init__(self, tracking_uri: str, experiment_id: str, sweep_key: str, epochs: int, show=None):
         self.tracking_uri, self.experiment_id, self.sweep_key, self.epochs = tracking_uri, experiment_id, sweep_key, epochs
+        self.show = show
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         planned = int(trial.config.get("epochs", self.epochs))
@@ -167,9 +170,11 @@ class TrialEnds(tune.Callback):
         self._end(trial, "FAILED", "failed", int((trial.last_result or {}).get("epoch", 0)), error_reason(trial))
 
     def _end(self, trial, status: str, end: str, epochs: int, error: str | None = None) -> None:
-        from rich import print as show
+        from rich import print as rich_print
 
         from pipeline.tracking import Tracker
+
+        show = self.show or rich_print
 
         tracker = Tracker(self.tracking_uri)
         run = find_run(tracker.client, self.experiment_id, TRIAL_KEY, f"{self.sweep_key}/{trial.trial_id}", "trial")
@@ -197,7 +202,7 @@ def mark_orphans_killed(client, experiment_id: str, sweep_key: str) -> int:
     return len(runs)
 
 
-def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool = False) -> SweepOutcome:
+def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool = False, show=None) -> SweepOutcome:
     """Run (or restore and finish) one model's sweep under `<storage>/sweeps/<sweep key>`."""
     if not verbose:  # each trial's end is printed by TrialEnds and kept in MLflow; Tune's own report is noise
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -224,7 +229,7 @@ def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool
             run_config=tune.RunConfig(
                 name=setup.sweep_key, storage_path=f"{storage.rstrip('/')}/sweeps", verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failed trial is recorded, not retried
-                callbacks=[TrialEnds(setup.tracking_uri, setup.experiment_id, setup.sweep_key, epochs)]))
+                callbacks=[TrialEnds(setup.tracking_uri, setup.experiment_id, setup.sweep_key, epochs, show)]))
     results = tuner.fit()
     trials = []
     for result in results:

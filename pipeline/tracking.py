@@ -59,6 +59,13 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(uri)
 
+    @property
+    def display_uri(self) -> str:
+        """The URI without a password written into it."""
+        import re
+
+        return re.sub(r"//([^/@:]+):[^/@]*@", r"//\1:***@", self.uri)
+
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:

@@ -39,12 +39,9 @@ class WorkerConfig:
     threads: int = 1
     splits_ref: Any = None  # ray.ObjectRef of in-memory Splits; None when the data set streams
     stream: dict[str, Any] = field(default_factory=dict)  # StreamBatches arguments when it streams
-    run_id: str | None = None
-    tracking_uri: str | None = None
-    progress: Any = None  # a ray.util.queue.Queue the driver reads progress events from
-    label: str = ""  # the model's name in progress events
+    progress: Any = None  # the ray.util.queue.Queue of `fit`'s relay (set by `fit`)
+    label: str = ""  # the unit's name in progress events
     evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
-    started_at: float | None = None  # wall-clock start of the run; set, rank 0 logs `startup_s` at the first step
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -99,51 +96,23 @@ def evaluate(model: nn.Module, batches, augment: Augment, criterion, device, aut
     return {"loss": loss_sum / count, "top1": 100 * correct1 / count, "top5": 100 * correct5 / count}
 
 
-class EpochLog:
-    """Rank 0's MLflow logging and progress events. Each epoch lands in MLflow exactly once,
-    also when workers restart: steps already logged are skipped, and epochs that a checkpoint
-    holds but MLflow missed (a kill between report and log) are logged on restart."""
+class Events:
+    """Rank 0's progress events (step, epoch with its metrics, resumed, final), sent to whoever called `fit`:
+    that process is the run's only MLflow writer, so the workers need no tracking credentials."""
 
     def __init__(self, config: WorkerConfig):
-        self.progress = config.progress
+        self.queue = config.progress
         self.label = config.label
-        self.tracker = None
-        if config.run_id:
-            from pipeline.tracking import Tracker
 
-            self.tracker = Tracker(config.tracking_uri)
-            self.run_id = config.run_id
-            self.logged = self.tracker.logged_steps(config.run_id, "epoch")
-            import ray
+    def __call__(self, kind: str, **payload) -> None:
+        if self.queue is not None:
+            self.queue.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload})
 
-            self.tracker.client.set_tag(self.run_id, "ray_node_id", ray.get_runtime_context().get_node_id())
-
-    def event(self, kind: str, **payload) -> None:
-        if self.progress is not None:
-            self.progress.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload})
-
-    def first_step(self, started_at: float | None) -> None:
-        now = time.time()
-        self.event("first_step", time=now)
-        if self.tracker and started_at is not None and not self.tracker.logged_steps(self.run_id, "startup_s"):
-            self.tracker.log(self.run_id, {"startup_s": now - started_at})
-
-    def resumed(self, epoch: int) -> None:
-        if self.tracker:
-            self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(epoch))
-        self.event("resumed", epoch=epoch)
-
-    def epoch(self, metrics: dict[str, float]) -> None:
-        step = int(metrics["epoch"])
-        if self.tracker and step not in self.logged:
-            self.tracker.log(self.run_id, metrics, step=step)
-            self.logged.add(step)
-        self.event("epoch", metrics=metrics)
-
-    def final(self, metrics: dict[str, float]) -> None:
-        if self.tracker and not self.tracker.logged_steps(self.run_id, "train_time_s"):
-            self.tracker.log(self.run_id, metrics, step=0)
-        self.event("final", metrics=metrics)
+    def resumed(self, epoch: int, history: list[dict[str, float]]) -> None:
+        """A restart from a checkpoint; its epochs are sent again for the writer to log those it missed."""
+        self("resumed", epoch=epoch)
+        for past in history:
+            self("epoch", metrics=past)
 
 
 def gather_in_dataset_order(shard: torch.Tensor, world_size: int) -> torch.Tensor | None:
@@ -161,25 +130,44 @@ def gather_in_dataset_order(shard: torch.Tensor, world_size: int) -> torch.Tenso
     return full
 
 
-def save_checkpoint(state: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
-    """A checkpoint directory with the training state, plus extra tensors as files of their own."""
+def report(metrics: dict[str, float], state: dict[str, Any] | None = None,
+           extra: dict[str, torch.Tensor] | None = None) -> None:
+    """`ray.train.report` with rank 0's checkpoint (the training state, extra tensors as files of their own)
+    written to a temporary folder that is removed once Ray has copied it to storage. The state holds
+    tensors and plain containers only, so it loads with `weights_only=True`."""
     import ray.train
 
-    directory = tempfile.mkdtemp(prefix="ckpt-")
-    torch.save(state, Path(directory) / STATE_FILE)
-    for name, tensor in (extra or {}).items():
-        torch.save(tensor, Path(directory) / f"{name}.pt")
-    return ray.train.Checkpoint.from_directory(directory)
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as directory:
+        torch.save(state, Path(directory) / STATE_FILE)
+        for name, tensor in (extra or {}).items():
+            torch.save(tensor, Path(directory) / f"{name}.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def read_state(checkpoint) -> dict[str, Any]:
+    """The training state of a checkpoint, loaded without unpickling code (a planted file is refused)."""
+    import pickle
+
+    from pipeline.errors import PipelineError
+
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / STATE_FILE
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise PipelineError(f"checkpoint {path} holds more than tensors and plain containers and is not "
+                                f"loaded ({reason}): delete it, or train the unit again with --rerun") from None
 
 
 def load_checkpoint() -> dict[str, Any] | None:
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    return None if checkpoint is None else read_state(checkpoint)
 
 
 def make_batches(config: WorkerConfig, rank: int, world_size: int, device: torch.device):
@@ -260,23 +248,24 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"], state["history"]
-    log = EpochLog(config) if rank == 0 else None
-    if log and state is not None:
-        log.resumed(start_epoch)
-        for past in history:  # epochs a checkpoint holds but MLflow may have missed
-            log.epoch(past)
+    events = Events(config) if rank == 0 else None
+    if events and state is not None:
+        events.resumed(start_epoch, history)
 
-    def checkpoint(epoch: int, extra: dict[str, torch.Tensor] | None = None):
+    def training_state(epoch: int) -> dict[str, Any] | None:
         if rank != 0:
             return None
-        return save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                "epoch": epoch, "history": history, "model_name": config.model,
-                                "model_kwargs": config.model_kwargs}, extra)
+        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "epoch": epoch, "history": history, "model_name": config.model, "model_kwargs": config.model_kwargs}
 
     steps = train_batches.steps_per_epoch
     for epoch in range(start_epoch, hp.epochs):
         model.train()
+        # The random streams (augmentation, dropout, drop-path) are seeded per epoch and rank, so a unit
+        # resumed from an epoch's checkpoint follows the path an uninterrupted one takes.
+        augment.generator.manual_seed(hp.seed * 1_000_003 + epoch * 1009 + rank)
+        torch.manual_seed(hp.seed * 1_000_003 + epoch * 1009 + rank)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
@@ -298,11 +287,11 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
-            if log and step == 0 and epoch == start_epoch:
-                log.first_step(config.started_at)
-            if log and time.perf_counter() - last_event > 2:
+            if events and step == 0 and epoch == start_epoch:
+                events("first_step", time=time.time())
+            if events and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
-                log.event("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
+                events("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
                           loss=loss_sum.item() / seen,
                           images_per_sec=seen * world_size / (last_event - started))
         train_time = time.perf_counter() - started
@@ -317,12 +306,12 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": train_loss / train_seen,
                    "train_top1": train_top1, "train_top1_err": 100 - train_top1,
                    **{f"val_{k}": v for k, v in val.items()}, **per_epoch_test,
-                   "train_samples_per_sec": train_seen / train_time, "epoch_time_s": time.perf_counter() - started,
+                   "samples_per_sec": train_seen / train_time, "epoch_time_s": time.perf_counter() - started,
                    "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
-        ray.train.report(metrics, checkpoint=checkpoint(epoch + 1))
-        if log:
-            log.epoch(metrics)
+        report(metrics, training_state(epoch + 1))
+        if events:
+            events("epoch", metrics=metrics)
 
     # Test-set probabilities (in data-set order) are kept for ensembles; streamed sets have no fixed order.
     probabilities = [] if config.splits_ref is not None and config.evaluate_test else None
@@ -336,50 +325,45 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
     # Steady-state throughput: the first epoch includes warm-up (allocations, lazy init).
     steady = history[1:] or history
     final = {"epochs": hp.epochs,
-             "train_samples_per_sec": sum(h["train_samples_per_sec"] for h in steady) / len(steady),
+             "train_samples_per_sec": sum(h["samples_per_sec"] for h in steady) / len(steady),
              "train_time_s": sum(h["epoch_time_s"] for h in history)}
     if test is not None:
         final.update({"top1": test["top1"], "top1_err": 100 - test["top1"], "top5": test["top5"],
                       "top5_err": 100 - test["top5"], "test_loss": test["loss"]})
     if not math.isfinite(test["loss"] if test is not None else history[-1]["train_loss"]):
         final["diverged"] = 1.0
-    ray.train.report({**history[-1], **final}, checkpoint=checkpoint(hp.epochs, extra))
-    if log:
-        log.final(final)
+    report({**history[-1], **final}, training_state(hp.epochs), extra)
+    if events:
+        events("final", metrics=final)
 
 
-# Workers log to MLflow themselves; on a cluster they do not share the driver's environment.
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-               "MLFLOW_TRACKING_INSECURE_TLS")
-
-
-def tracking_credentials() -> dict[str, str]:
-    import os
-
-    return {key: os.environ[key] for key in CREDENTIALS if key in os.environ}
-
-
-def fit(config: WorkerConfig, resources, storage_path: str, run_name: str, loop=None,
+def fit(config, resources, storage_path: str, run_name: str, on_event=None, loop=None,
         callbacks: list | None = None):
     """Run the worker loop (default: `train_loop_per_worker`) on `resources.num_workers` Ray Train
     workers; returns Ray's Result.
 
-    Reusing `run_name` under the same storage path resumes from its latest checkpoint. `callbacks` are
-    Ray Train UserCallbacks (in a Tune trial: `ray.tune.integration.ray_train.TuneReportCallback()`).
+    Rank 0's events reach `on_event` in this process through a `pipeline.relay.Relay` (this process is the
+    run's MLflow writer; the workers get no credentials). Reusing `run_name` under the same storage path
+    resumes from its latest checkpoint. `callbacks` are Ray Train UserCallbacks (in a Tune trial:
+    `ray.tune.integration.ray_train.TuneReportCallback()`).
     """
+    import dataclasses
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.relay import Relay
+
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
-        loop or train_loop_per_worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
-        run_config=RunConfig(name=run_name, storage_path=storage_path,
-                             failure_config=FailureConfig(max_failures=resources.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
-                             worker_runtime_env={"env_vars": tracking_credentials()}),
-    )
-    return trainer.fit()
+    with Relay(on_event) as relay:
+        trainer = TorchTrainer(
+            loop or train_loop_per_worker,
+            train_loop_config=dataclasses.replace(config, progress=relay.queue),
+            scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=per_worker),
+            run_config=RunConfig(name=run_name, storage_path=storage_path,
+                                 failure_config=FailureConfig(max_failures=resources.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+        )
+        return trainer.fit()

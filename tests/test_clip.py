@@ -149,7 +149,7 @@ def test_pretraining_feeds_zero_shot_through_mlflow(ray_cluster, workdir):
 
     zero_shot = context.outputs["zero_shot"]["zero_shot"]["metrics"]
     assert zero_shot["top1"] > 30  # chance: 10%, with prompts never used in training
-    rows = {row["model"]: row for row in context.outputs["leaderboard"].rows}
+    rows = {row["model"]: row for row in context.outputs["leaderboard"]["board"].rows}
     assert rows["clip-rn-32 (zero-shot)"]["top1"] == pytest.approx(zero_shot["top1"])
     assert "clip-rn-32 (linear probe)" in rows
 

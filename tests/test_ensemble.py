@@ -132,7 +132,7 @@ def test_trained_runs_ensemble_in_a_workflow(ray_cluster, workdir):
     labels = torch.load(client.download_artifacts(context.outputs["train"]["resnet20"]["run_id"],
                                                   "predictions/test_labels.pt", str(workdir)))
     assert torch.equal(labels, context.data.test.labels)
-    board = context.outputs["leaderboard"]
+    board = context.outputs["leaderboard"]["board"]
     row = next(r for r in board.rows if r["kind"] == "ensemble")
     assert row["top1_err"] == pytest.approx(result["metrics"]["top1_err"])
     trained = client.get_run(context.outputs["train"]["resnet20"]["run_id"])

@@ -2,29 +2,23 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-from pipeline.errors import PipelineError
-from pipeline.progress import ProgressPrinter
-from pipeline.workflow import RunContext, stage
+from pipeline.context import Job, RunContext, stage, storage_of
+from pipeline.errors import PipelineError, UnitFailed
+from pipeline.units import Unit, data_fingerprint
 
 STAGE = "clip_pretrain"
 
 
-class ClipProgress(ProgressPrinter):
-    """Per-epoch lines of contrastive pretraining (loss, temperature, retrieval)."""
-
-    def show(self, event: dict) -> None:
-        if event["kind"] != "epoch":
-            return super().show(event)
-        m = event["metrics"]
-        zero_shot = f" | val zero-shot top-1 {m['val_zero_shot_top1']:.2f}%" if "val_zero_shot_top1" in m else ""
-        self.console.print(
-            f"[bold]{event['model']}[/] epoch {int(m['epoch'])}: loss {m['train_loss']:.4f} "
-            f"temperature {m['temperature']:.4f} | held-out R@1 i2t {m['i2t_r1']:.1f}% t2i {m['t2i_r1']:.1f}%, "
-            f"R@5 i2t {m['i2t_r5']:.1f}% t2i {m['t2i_r5']:.1f}%{zero_shot} | "
-            f"{m['train_samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
-        self._status.update(f"[bold]{event['model']}[/] next epoch...")
+def epoch_line(m: dict) -> str:
+    """Per-epoch line of contrastive pretraining (loss, temperature, retrieval)."""
+    zero_shot = f" | val zero-shot top-1 {m['val_zero_shot_top1']:.2f}%" if "val_zero_shot_top1" in m else ""
+    return (f"epoch {int(m['epoch'])}: loss {m['train_loss']:.4f} temperature {m['temperature']:.4f} | held-out "
+            f"R@1 i2t {m['i2t_r1']:.1f}% t2i {m['t2i_r1']:.1f}%, R@5 i2t {m['i2t_r5']:.1f}% t2i {m['t2i_r5']:.1f}%"
+            f"{zero_shot} | {m['samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
 
 
 def build_pairs(context: RunContext, tokenizer, image_size: int):
@@ -64,15 +58,35 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
     return data, train.mean, train.std
 
 
+def clip_identity(spec) -> dict[str, Any]:
+    captions = spec.clip.captions
+    return {"clip": spec.clip.model_dump(mode="json", exclude={"zero_shot"}), "data": data_fingerprint(spec.data),
+            "captions_source": data_fingerprint(spec.data.model_copy(update={"name": "huggingface",
+                                                                             "path": captions.path}))
+            if captions.path else None, "world_size": spec.resources.num_workers}
+
+
+def finished_pretrain(run, context=None) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)}
+
+
 @stage(STAGE)
-def clip_pretrain_stage(context: RunContext) -> None:
+def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
+    spec = context.spec
+    return [Unit(name=f"{STAGE}/{spec.clip.model}", stage=STAGE,
+                 title=f"{spec.clip.model} (clip pretrain)", identity=clip_identity(spec), resources=spec.resources,
+                 uses_data=True, from_run=finished_pretrain, run=run_unit)]
+
+
+def run_unit(job: Job) -> dict[str, Any]:
     import ray
 
     from pipeline.clip import (ClipWorkerConfig, ImageInput, create_model, input_size, pretrain_loop_per_worker,
                                save_model)
-    from pipeline.train import STATE_FILE, fit
+    from pipeline.relay import RunWriter
+    from pipeline.train import fit, read_state
 
-    spec, tracker = context.spec, context.tracker
+    context, spec, tracker, run_id = job.context, job.spec, job.tracker, job.run_id
     config = spec.clip
     model, tokenizer = create_model(config.model, config.pretrained, **config.model_kwargs)
     image_size = input_size(model)
@@ -80,40 +94,31 @@ def clip_pretrain_stage(context: RunContext) -> None:
     # A model trained from scratch normalizes with the data's statistics; pretrained weights keep their own.
     image_input = ImageInput.of_model(model) if config.pretrained else ImageInput(image_size, tuple(mean), tuple(std))
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    run_id = tracker.start_run(
-        context.experiment_id, f"{config.model} (clip pretrain)", parent_id=context.parent_run_id,
-        params={"model": config.model, "pretrained": config.pretrained, "model_kwargs": config.model_kwargs,
-                "clip_train": config.train.model_dump(), "captions": config.captions.model_dump(),
-                "resources": spec.resources.model_dump(), "pairs": len(data.train),
-                "distinct_captions": len(data.train.captions)},
-        tags={"model": config.model, "dataset": spec.data.name if not config.captions.path else config.captions.path,
-              "stage": STAGE, "spec": spec.name},
-        metrics={"param_count": params,
-                 "image_param_count": sum(p.numel() for p in model.visual.parameters()) / 1e6})
-    context.console.print(f"[bold]{config.model}[/]: {params:.3f} M params, {len(data.train):,} image-text pairs, "
-                          f"{len(data.train.captions):,} distinct captions, run {run_id}")
-    storage = str(Path(spec.storage_path).expanduser().resolve()) if "://" not in spec.storage_path \
-        else spec.storage_path
-    with ClipProgress(context.console) as progress:
-        worker_config = ClipWorkerConfig(
-            model=config.model, pretrained=config.pretrained, model_kwargs=config.model_kwargs,
-            train=config.train.model_dump(), data_ref=ray.put(data), image_input=image_input,
-            max_shift=spec.data.max_shift if spec.data.augment else 0, threads=spec.resources.threads,
-            run_id=run_id, tracking_uri=tracker.uri, progress=progress.queue, label=config.model)
-        result = fit(worker_config, spec.resources, storage, f"{spec.name}-clip-{context.parent_run_id[:8]}",
-                     loop=pretrain_loop_per_worker)
+    if not job.resumed:
+        tracker.log(run_id, {"param_count": params,
+                             "image_param_count": sum(p.numel() for p in model.visual.parameters()) / 1e6},
+                    params={"model": config.model, "pretrained": config.pretrained, "model_kwargs": config.model_kwargs,
+                            "clip_train": config.train.model_dump(), "captions": config.captions.model_dump(),
+                            "resources": spec.resources.model_dump(), "pairs": len(data.train),
+                            "distinct_captions": len(data.train.captions)})
+    tracker.client.set_tag(run_id, "dataset", spec.data.name if not config.captions.path else config.captions.path)
+    context.print(f"[bold]{job.unit.name}[/]: {params:.3f} M params, {len(data.train):,} image-text pairs, "
+                  f"{len(data.train.captions):,} distinct captions, run {run_id}")
+    worker_config = ClipWorkerConfig(
+        model=config.model, pretrained=config.pretrained, model_kwargs=config.model_kwargs,
+        train=config.train.model_dump(), data_ref=ray.put(data), image_input=image_input,
+        max_shift=spec.data.max_shift if spec.data.augment else 0, threads=spec.resources.threads,
+        label=job.unit.name)
+    show = context.display.handler(job.unit.name, config.train.epochs, epoch_line) if context.display else None
+    writer = RunWriter(tracker, run_id, started_at=time.time(), show=show)
+    result = fit(worker_config, spec.resources, storage_of(spec), job.train_name, on_event=writer,
+                 loop=pretrain_loop_per_worker)
     if result.error is not None or result.checkpoint is None:
-        reason = str(result.error).strip().splitlines()[-1] if result.error else "no checkpoint"
-        context.console.print(f"[bold red]{config.model} pretraining failed:[/] {reason}")
-        tracker.client.set_tag(run_id, "error", reason[:5000])
-        tracker.finish(run_id, "FAILED")
-        context.failures.append(f"{config.model} (clip pretrain)")
-        return
-    import torch
-
-    with result.checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as out:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        raise UnitFailed.of(result.error)
+    state = read_state(result.checkpoint)
+    writer.history(state["history"])
+    model.load_state_dict(state["model"])
+    with tempfile.TemporaryDirectory() as out:
         save_model(model, {"model": config.model, "model_kwargs": config.model_kwargs,
                            "image_size": image_size, "mean": list(image_input.mean), "std": list(image_input.std),
                            "pretrain_run_id": run_id}, Path(out))
@@ -121,5 +126,4 @@ def clip_pretrain_stage(context: RunContext) -> None:
             tracker.log_artifact(run_id, Path(out) / name, "model")
     history = state["history"]
     tracker.log(run_id, {"train_time_s": sum(h["epoch_time_s"] for h in history), "epochs": len(history)})
-    tracker.finish(run_id)
-    context.outputs[STAGE] = {"run_id": run_id, "metrics": result.metrics, "history": history}
+    return {"run_id": run_id, "metrics": result.metrics, "history": history}

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline.context import Job, RunContext, stage
 from pipeline.errors import PipelineError
-from pipeline.workflow import RunContext, stage
+from pipeline.units import Unit
 
 PROBS = "predictions/test_probs.pt"
 LABELS = "predictions/test_labels.pt"
@@ -42,9 +43,10 @@ def has_predictions(client, run_id: str) -> bool:
 
 def load_member(client, model: str, run_id: str) -> Member:
     with tempfile.TemporaryDirectory() as directory:
-        probs = torch.load(client.download_artifacts(run_id, PROBS, directory)).float()
+        probs = torch.load(client.download_artifacts(run_id, PROBS, directory), weights_only=True).float()
         has_labels = any(a.path == LABELS for a in client.list_artifacts(run_id, "predictions"))
-        labels = torch.load(client.download_artifacts(run_id, LABELS, directory)) if has_labels else None
+        labels = torch.load(client.download_artifacts(run_id, LABELS, directory), weights_only=True) \
+            if has_labels else None
     return Member(model, run_id, probs, labels)
 
 
@@ -83,8 +85,9 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
 
 
 def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int | None, name: str | None,
-                   parent_run_id: str | None = None, fallback_labels: torch.Tensor | None = None) -> dict:
-    """Average the members' test-set probabilities and log the result as a leaderboard run."""
+                   run_id: str | None = None, fallback_labels: torch.Tensor | None = None) -> dict:
+    """Average the members' test-set probabilities and log the result as a leaderboard run (`run_id`, or a
+    new top-level run)."""
     from pipeline import leaderboard
 
     board = leaderboard.build(tracker.uri, experiment)
@@ -113,34 +116,58 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
                     "best_single_top1_err": singles[best]["top1_err"], "members": len(members), **cost})
     label = name or (f"ensemble(top{top_k})" if top_k else f"ensemble({'+'.join(m.model for m in members)})")
     datasets = {rows[m.run_id]["dataset"] for m in members if m.run_id in rows} - {""}
-    run_id = tracker.start_run(
-        board.experiment_id, label, parent_id=parent_run_id,
-        params={"members": ",".join(m.run_id for m in members), "top_k": top_k or "", "best_single": best},
-        tags={"model": label, "stage": "ensemble", "family": "ensemble", "members": ",".join(m.model for m in members),
-              **({"dataset": datasets.pop()} if len(datasets) == 1 else {})},
-        metrics=metrics)
+    tags = {"model": label, "stage": "ensemble", "family": "ensemble", "members": ",".join(m.model for m in members),
+            **({"dataset": datasets.pop()} if len(datasets) == 1 else {})}
+    params = {"members": ",".join(m.run_id for m in members), "top_k": top_k or "", "best_single": best}
+    created = run_id is None
+    if created:
+        run_id = tracker.start_run(board.experiment_id, label, tags=tags)
+    else:
+        tracker.client.update_run(run_id, name=label)
+        for key, value in tags.items():
+            tracker.client.set_tag(run_id, key, value)
+    tracker.log(run_id, metrics, params=params)
     with tempfile.TemporaryDirectory() as directory:
         torch.save(probs.half(), Path(directory) / "test_probs.pt")
         torch.save(labels, Path(directory) / "test_labels.pt")
         tracker.log_artifact(run_id, Path(directory) / "test_probs.pt", "predictions")
         tracker.log_artifact(run_id, Path(directory) / "test_labels.pt", "predictions")
-    tracker.finish(run_id)
+    if created:
+        tracker.finish(run_id)
     return {"run_id": run_id, "model": label, "members": [m.model for m in members], "best_single": best,
             "metrics": metrics, "notes": notes}
 
 
 @stage("ensemble")
-def ensemble_stage(context: RunContext) -> None:
-    """Average the test-set probabilities of the spec's ensemble members; one leaderboard run."""
+def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
+    """One unit, after every training unit of the spec (finished or not): its members are the experiment's
+    best runs by then, or the named ones; its key is the members' run ids with the ensemble's config."""
     config = context.spec.ensemble
-    labels = context.data.test.labels if context.data is not None else None
-    result = build_ensemble(context.tracker, context.spec.experiment_name, config.members, config.top_k, config.name,
-                            context.parent_run_id, labels)
+
+    def identify(outputs):
+        from pipeline import leaderboard
+
+        board = leaderboard.build(context.tracker.uri, context.spec.experiment_name)
+        top_k = None if config.members else (config.top_k or DEFAULT_TOP_K)
+        chosen, _ = select(board, context.tracker.client, top_k, config.members)
+        return {"members": [run_id for _, run_id in chosen], "config": config.model_dump(mode="json")}
+
+    return [Unit(name="ensemble", stage="ensemble", title="ensemble", identify=identify,
+                 after=[u.name for u in planned if u.stage in ("train", "retrain")],
+                 from_run=lambda run, context: {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)},
+                 run=run_unit)]
+
+
+def run_unit(job: Job) -> dict:
+    """Average the test-set probabilities of the spec's ensemble members into the job's run."""
+    context, config = job.context, job.spec.ensemble
+    result = build_ensemble(job.tracker, job.spec.experiment_name, config.members, config.top_k, config.name,
+                            job.run_id)
     for note in result["notes"]:
-        context.console.print(f"[yellow]note:[/] {note}")
+        context.print(f"[yellow]note:[/] {note}")
     m = result["metrics"]
-    context.console.print(
+    context.print(
         f"[bold]{result['model']}[/] of {', '.join(result['members'])}: top-1 error {m['top1_err']:.2f}% "
         f"(best single, {result['best_single']}: {m['best_single_top1_err']:.2f}%; gain {m['gain_top1_err']:+.2f} "
         f"points), top-5 error {m['top5_err']:.2f}%, run {result['run_id']}")
-    context.outputs["ensemble"] = result
+    return result

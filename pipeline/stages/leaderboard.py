@@ -1,21 +1,30 @@
-"""The `leaderboard` stage: the experiment's ranking, printed and kept on the parent run."""
+"""The `leaderboard` stage: the experiment's ranking, printed and kept on the workflow run."""
 from __future__ import annotations
 
+from pipeline.context import Job, RunContext, stage
 from pipeline.errors import PipelineError
-from pipeline.workflow import RunContext, stage
+from pipeline.units import Unit
 
 
 @stage("leaderboard")
-def leaderboard_stage(context: RunContext) -> None:
-    """Print the experiment's leaderboard and keep it (markdown and CSV) on the parent run."""
+def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
+    """One unit in the driver after every other unit, rebuilt on every run (never cached)."""
+    return [Unit(name="leaderboard", stage="leaderboard", identity={}, cacheable=False,
+                 after=[u.name for u in planned], run=run_unit)]
+
+
+def run_unit(job: Job) -> dict:
+    """Print the experiment's leaderboard and keep it (markdown and CSV) on the workflow run and its own."""
     from pipeline import leaderboard
 
+    context = job.context
     try:
         board = leaderboard.build(context.tracker.uri, context.spec.experiment_name)
     except PipelineError as exc:
-        context.console.print(f"[yellow]leaderboard:[/] {exc}")
-        return
-    leaderboard.show(board, "table", context.console)
-    context.tracker.log_text(context.parent_run_id, leaderboard.to_markdown(board), "leaderboard.md")
-    context.tracker.log_text(context.parent_run_id, leaderboard.to_csv(board), "leaderboard.csv")
-    context.outputs["leaderboard"] = board
+        context.print(f"[yellow]leaderboard:[/] {exc}")
+        return {"run_id": job.run_id}
+    leaderboard.show(board, "table", context.display or context.console)
+    for run_id in (context.parent_run_id, job.run_id):
+        context.tracker.log_text(run_id, leaderboard.to_markdown(board), "leaderboard.md")
+        context.tracker.log_text(run_id, leaderboard.to_csv(board), "leaderboard.csv")
+    return {"run_id": job.run_id, "board": board}

@@ -1,25 +1,64 @@
-"""The `train` stage: every model of the spec on Ray Train, one MLflow child run each."""
+"""The `train` stage: a unit per model, each its own Ray Train run with its own resources and MLflow run."""
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Spec
-from pipeline.errors import PipelineError
-from pipeline.workflow import RunContext, stage
+from pipeline.config import DataConfig, ModelEntry, Spec, TrainConfig
+from pipeline.context import Job, RunContext, stage, storage_of
+from pipeline.errors import PipelineError, UnitFailed
+from pipeline.units import Unit, data_fingerprint
+
+# Summary metrics of a training run, logged once at its end under keys of their own (never per epoch).
+SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1_err", "top5", "top5_err",
+                "test_loss", "diverged")
 
 
-def _log_model(tracker, run_id: str, checkpoint, meta: dict, test_labels=None) -> None:
+def entry_names(spec: Spec) -> list[str]:
+    """A name per model entry, unique in the spec: the model's, with its place in the list when two
+    entries share a model (`lenet5`, `lenet5[1]`)."""
+    seen: dict[str, int] = {}
+    names = []
+    for index, entry in enumerate(spec.models):
+        names.append(entry.name if entry.name not in seen else f"{entry.name}[{index}]")
+        seen[entry.name] = index
+    return names
+
+
+def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
+    """What decides a training run's result: model, recipe, data, world size (hence the global batch)."""
+    return {"model": entry.name, "kwargs": entry.kwargs, "train": train.model_dump(mode="json"),
+            "data": data_fingerprint(data), "world_size": spec.resources_for(entry).num_workers}
+
+
+def finished_output(run, context: RunContext | None = None) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)}
+
+
+@stage("train")
+def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
+    spec = context.spec
+    units = []
+    for name, entry in zip(entry_names(spec), spec.models):
+        train = spec.train_config(entry)
+        units.append(Unit(
+            name=f"train/{name}", stage="train", model=name, resources=spec.resources_for(entry), uses_data=True,
+            identity=training_identity(spec, entry, train, spec.data), from_run=finished_output,
+            run=lambda job, entry=entry, train=train: run_training(job, entry, train, job.spec.data)))
+    return units
+
+
+def _log_model(tracker, run_id: str, checkpoint, state: dict, meta: dict, test_labels=None) -> None:
     """The final weights and what it takes to rebuild the model, as artifacts of the run; the test-set
     probabilities with the labels they are scored against (ensembles and confusion matrices read them)."""
     import torch
 
-    from pipeline.train import STATE_FILE, TEST_PROBS
+    from pipeline.train import TEST_PROBS
 
     with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as out:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         torch.save(state["model"], Path(out) / "model.pt")
         (Path(out) / "model.json").write_text(json.dumps(meta, indent=2))
         tracker.log_artifact(run_id, Path(out) / "model.pt", "model")
@@ -31,14 +70,14 @@ def _log_model(tracker, run_id: str, checkpoint, meta: dict, test_labels=None) -
                 tracker.log_artifact(run_id, Path(out) / "test_labels.pt", "predictions")
 
 
-def _paper_year(model: str) -> str:
+def paper_year(model: str) -> str:
     from models.catalogue import FAMILIES, family_of
 
     family = family_of(model)
     return next((str(f.year) for f in FAMILIES if f.name == family), "")
 
 
-def _accelerator(resources) -> str:
+def accelerator(resources) -> str:
     """What the workers train on: 'cpu', or the GPU's name as seen from a worker (the driver may have none)."""
     if resources.gpus_per_worker <= 0:
         return "cpu"
@@ -53,82 +92,83 @@ def _accelerator(resources) -> str:
     return ray.get(gpu_name.remote(), timeout=300)
 
 
-@stage("train")
-def train_stage(context: RunContext) -> None:
-    """Train every model of the spec; one MLflow child run each."""
-    import ray
+def data_shape(context: RunContext, data: DataConfig) -> dict[str, Any]:
+    """Channels, image size, classes and normalization of a data set, and how workers read it."""
+    from pipeline.data import dataset_info, normalization
 
+    info = dataset_info(data)
+    splits = context.splits(data)
+    if splits is not None:
+        return {"in_chans": splits.train.in_chans, "image_size": splits.train.image_size, "classes": splits.classes,
+                "mean": splits.train.mean, "std": splits.train.std, "hflip": splits.train.hflip,
+                "splits_ref": context.splits_ref(data), "stream": {}, "test_labels": splits.test.labels}
+    in_chans = data.in_chans or info.in_chans or 3
+    image_size = data.image_size or info.image_size or 224
+    stream = stream_args(data, info, image_size)
+    mean, std = normalization(data, in_chans)
+    return {"in_chans": in_chans, "image_size": image_size, "classes": stream["classes"], "mean": mean, "std": std,
+            "hflip": info.hflip, "splits_ref": None, "stream": stream, "test_labels": None}
+
+
+def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
+                  label: str, evaluate_test: bool = True):
+    """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks)."""
+    from pipeline.train import WorkerConfig
+
+    shape = data_shape(context, data)
+    config = WorkerConfig(
+        model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
+        num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=tuple(shape["mean"]),
+        std=tuple(shape["std"]), hflip=shape["hflip"], threads=threads, splits_ref=shape["splits_ref"],
+        stream=shape["stream"], label=label, evaluate_test=evaluate_test)
+    return config, shape
+
+
+def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
+    """Train one model in the job's MLflow run, resuming from the unit's Ray Train checkpoint if it has one."""
     from models.catalogue import family_of
     from pipeline.complexity import model_complexity
-    from pipeline.data import dataset_info, normalization
-    from pipeline.progress import ProgressPrinter
-    from pipeline.train import WorkerConfig, fit
+    from pipeline.relay import RunWriter
+    from pipeline.train import fit, read_state
 
-    spec, tracker = context.spec, context.tracker
-    info = dataset_info(spec.data)
-    data = context.data
-    in_chans = data.train.in_chans if data is not None else spec.data.in_chans or info.in_chans or 3
-    image_size = data.train.image_size if data is not None else spec.data.image_size or info.image_size or 224
-    splits_ref = ray.put(data) if data is not None else None
-    stream = {} if data is not None else _stream_args(spec, info, image_size)
-    classes = data.classes if data is not None else stream["classes"]
-    storage = str(Path(spec.storage_path).expanduser().resolve()) if "://" not in spec.storage_path else spec.storage_path
-    results = context.outputs.setdefault("train", {})
-    accelerator = _accelerator(spec.resources)
-
-    for entry in spec.models:
-        train = spec.train_config(entry)
-        complexity = model_complexity(entry.name, len(classes), in_chans, image_size, **entry.kwargs)
-        run_id = tracker.start_run(
-            context.experiment_id, entry.name, parent_id=context.parent_run_id,
-            params={"model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(),
-                    "data": spec.data.model_dump(), "resources": spec.resources.model_dump(),
-                    "seed": train.seed, "epochs": train.epochs},
-            tags={"model": entry.name, "family": family_of(entry.name), "dataset": spec.data.name,
-                  "stage": "train", "spec": spec.name, "paper_year": _paper_year(entry.name),
-                  "accelerator": accelerator},
-            metrics=complexity)
-        try:  # an interrupt anywhere after the run exists marks it killed, not left running
-            context.console.print(f"[bold]{entry.name}[/]: {complexity['param_count']:.3f} M params, "
-                                  f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, run {run_id}")
-            with ProgressPrinter(context.console) as progress:
-                config = WorkerConfig(
-                    model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(),
-                    data=spec.data.model_dump(), num_classes=len(classes), in_chans=in_chans,
-                    mean=data.train.mean if data is not None else normalization(spec.data, in_chans)[0],
-                    std=data.train.std if data is not None else normalization(spec.data, in_chans)[1],
-                    hflip=data.train.hflip if data is not None else info.hflip, threads=spec.resources.threads,
-                    splits_ref=splits_ref, stream=stream, run_id=run_id, tracking_uri=tracker.uri,
-                    progress=progress.queue, label=entry.name)
-                result = fit(config, spec.resources, storage, f"{spec.name}-{entry.name}-{context.parent_run_id[:8]}")
-            if result.error is not None or result.checkpoint is None:
-                reason = str(result.error).strip().splitlines()[-1] if result.error else "no checkpoint"
-                context.console.print(f"[bold red]{entry.name} failed:[/] {reason}")
-                tracker.client.set_tag(run_id, "error", reason[:5000])
-                tracker.finish(run_id, "FAILED")
-                context.failures.append(entry.name)
-                continue
-            _log_model(tracker, run_id, result.checkpoint, {
-                "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(classes), "classes": classes,
-                "in_chans": in_chans, "image_size": image_size, "mean": list(config.mean), "std": list(config.std)},
-                data.test.labels if data is not None else None)
-            tracker.finish(run_id)
-            results[entry.name] = {"run_id": run_id, "metrics": result.metrics}
-        except KeyboardInterrupt:
-            tracker.finish(run_id, "KILLED")
-            raise
+    context, spec, tracker, unit = job.context, job.spec, job.tracker, job.unit
+    resources = unit.resources
+    config, shape = worker_config(context, entry, train, data, resources.threads, unit.name)
+    complexity = model_complexity(entry.name, len(shape["classes"]), shape["in_chans"], shape["image_size"],
+                                  **entry.kwargs)
+    tracker.log(job.run_id, complexity if not job.resumed else {}, params=None if job.resumed else {
+        "model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(), "data": data.model_dump(),
+        "resources": resources.model_dump(), "seed": train.seed, "epochs": train.epochs})
+    for key, value in {"family": family_of(entry.name), "dataset": data.name, "paper_year": paper_year(entry.name),
+                       "accelerator": accelerator(resources), "model": entry.name}.items():
+        tracker.client.set_tag(job.run_id, key, value)
+    context.print(f"[bold]{unit.name}[/]: {complexity['param_count']:.3f} M params, "
+                  f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, {resources.num_workers} worker(s), run {job.run_id}")
+    writer = RunWriter(tracker, job.run_id, started_at=time.time(), show=context.display.handler(unit.name, train.epochs)
+                       if context.display else None)
+    result = fit(config, resources, storage_of(spec), job.train_name, on_event=writer)
+    if result.error is not None or result.checkpoint is None:
+        raise UnitFailed.of(result.error)
+    state = read_state(result.checkpoint)
+    writer.history(state["history"])  # epochs whose events were lost (a restart between report and event)
+    tracker.log(job.run_id, {k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics})
+    _log_model(tracker, job.run_id, result.checkpoint, state, {
+        "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(shape["classes"]),
+        "classes": shape["classes"], "in_chans": shape["in_chans"], "image_size": shape["image_size"],
+        "mean": list(config.mean), "std": list(config.std)}, shape["test_labels"])
+    return {"run_id": job.run_id, "metrics": result.metrics}
 
 
-def _stream_args(spec: Spec, info, image_size: int) -> dict[str, Any]:
+def stream_args(data: DataConfig, info, image_size: int) -> dict[str, Any]:
     from pipeline.data.huggingface import count_rows, open_dataset
 
-    source = spec.data.path or info.hub_id
-    label_column = spec.data.label_column or info.label_column
-    features = open_dataset(source, spec.data.train_split, streaming=True).features or {}
+    source = data.path or info.hub_id
+    label_column = data.label_column or info.label_column
+    features = open_dataset(source, data.train_split, streaming=True).features or {}
     names = getattr(features.get(label_column), "names", None)
     if not (names or info.classes):
         raise PipelineError(f"data set '{source}' has no class names on its label column '{label_column}': "
                             "use a ClassLabel column")
-    return {"source": source, "train_split": spec.data.train_split, "test_split": spec.data.test_split,
-            "columns": (spec.data.image_column or info.image_column, label_column), "image_size": image_size,
-            "train_rows": count_rows(source, spec.data.train_split), "classes": list(names or info.classes)}
+    return {"source": source, "train_split": data.train_split, "test_split": data.test_split,
+            "columns": (data.image_column or info.image_column, label_column), "image_size": image_size,
+            "train_rows": count_rows(source, data.train_split), "classes": list(names or info.classes)}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 
+from typing import Any
+
+from pipeline.context import Job, RunContext, stage
 from pipeline.errors import PipelineError
 from pipeline.stages.clip_pretrain import STAGE as PRETRAIN_STAGE
-from pipeline.workflow import RunContext, stage
+from pipeline.units import Unit, data_fingerprint
 
 # The model is a few MB: MLflow's download progress bar would only clutter the stage's output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -26,40 +29,71 @@ def latest_pretrain_run(tracker, experiment_id: str, experiment: str) -> str:
                         f"open_clip model name")
 
 
-def load_model(context: RunContext, folder: str):
+def source(context: RunContext, inputs: dict[str, Any]) -> tuple[str | None, str]:
+    """(pretrain run id or None, display name) of the model to evaluate."""
+    zero_shot = context.spec.clip.zero_shot
+    if zero_shot.model != "pretrain":
+        return None, f"{zero_shot.model}.{zero_shot.pretrained}" if zero_shot.pretrained else zero_shot.model
+    if inputs:
+        return next(iter(inputs.values()))["run_id"], context.spec.clip.model
+    return latest_pretrain_run(context.tracker, context.experiment_id, context.spec.experiment_name), \
+        context.spec.clip.model
+
+
+def load_model(context: RunContext, run_id: str | None, folder: str):
     """(model, tokenizer, ImageInput, display name, tags) of the model the spec asks for."""
     from pipeline.clip import ImageInput, create_model, load_trained
 
     zero_shot = context.spec.clip.zero_shot
-    if zero_shot.model != "pretrain":
+    if run_id is None:
         model, tokenizer = create_model(zero_shot.model, zero_shot.pretrained)
         name = f"{zero_shot.model}.{zero_shot.pretrained}" if zero_shot.pretrained else zero_shot.model
         return model, tokenizer, ImageInput.of_model(model), name, {}
-    pretrain = context.outputs.get(PRETRAIN_STAGE, {})
-    if not pretrain and PRETRAIN_STAGE in context.spec.stages:
-        raise PipelineError(f"stage {PRETRAIN_STAGE} of this run left no model to evaluate (see its run's "
-                            f"'error' tag in MLflow)")
-    run_id = pretrain.get("run_id") or latest_pretrain_run(context.tracker, context.experiment_id,
-                                                           context.spec.experiment_name)
     directory = context.tracker.client.download_artifacts(run_id, "model", folder)
     model, tokenizer, image_input, meta = load_trained(directory)
     return model, tokenizer, image_input, meta["model"], {"pretrain_run_id": run_id}
 
 
+def finished_zero_shot(run, context: RunContext) -> dict[str, Any]:
+    output = {"run_id": run.info.run_id, "zero_shot": {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)}}
+    probes = context.tracker.client.search_runs([context.experiment_id], f"tags.probe_of = '{run.info.run_id}'")
+    if probes:
+        output["linear_probe"] = {"run_id": probes[0].info.run_id, "metrics": dict(probes[0].data.metrics)}
+    return output
+
+
 @stage("zero_shot")
-def zero_shot_stage(context: RunContext) -> None:
+def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
+    """One unit: the CLIP model of this spec's clip_pretrain unit, of the experiment's latest finished
+    pretraining in MLflow (looked up when the run starts, before anything trains), or a named model."""
+    spec = context.spec
+    needs = [u.name for u in planned if u.stage == PRETRAIN_STAGE] if spec.clip.zero_shot.model == "pretrain" else []
+    _, templates = spec.clip.captions.templates()
+
+    def identify(outputs):
+        run_id, name = source(context, outputs)
+        return {"source": run_id or name, "zero_shot": spec.clip.zero_shot.model_dump(mode="json"),
+                "templates": templates, "data": data_fingerprint(spec.data)}
+
+    name = spec.clip.model if spec.clip.zero_shot.model == "pretrain" else spec.clip.zero_shot.model
+    return [Unit(name=f"zero_shot/{name}", stage="zero_shot", title=f"{name} (zero-shot)", needs=needs,
+                 identify=identify, uses_data=True, from_run=finished_zero_shot, run=run_unit)]
+
+
+def run_unit(job: Job) -> dict[str, Any]:
     import torch
 
     from pipeline.clip import classification_metrics, encode_images, linear_probe, zero_shot_classifier
 
-    spec, tracker, data = context.spec, context.tracker, context.data
+    context, spec, tracker, data = job.context, job.spec, job.tracker, job.context.data
     zero_shot = spec.clip.zero_shot
     if data is None:
         raise PipelineError("zero-shot evaluation needs an in-memory test set: set data.streaming: false")
     _, templates = spec.clip.captions.templates()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run_id, _ = source(context, job.inputs)
     with tempfile.TemporaryDirectory() as folder:
-        model, tokenizer, image_input, name, tags = load_model(context, folder)
+        model, tokenizer, image_input, name, tags = load_model(context, run_id, folder)
     model = model.to(device).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     common_tags = {"dataset": spec.data.name, "spec": spec.name, **tags}
@@ -69,18 +103,15 @@ def zero_shot_stage(context: RunContext) -> None:
     test_features = encode_images(model, data.test.images, image_input, device)
     test_labels = data.test.labels.to(device)
     metrics = classification_metrics(test_features @ weights, test_labels)
-    run_id = tracker.start_run(context.experiment_id, f"{name} (zero-shot)", parent_id=context.parent_run_id,
-                               params=common_params, tags={"model": f"{name} (zero-shot)", "stage": "zero_shot",
-                                                           **common_tags},
-                               metrics={**metrics, "param_count": params})
-    tracker.finish(run_id)
-    context.console.print(f"[bold green]{name} zero-shot[/] ({len(templates)} evaluation templates): top-1 "
-                          f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% mean class recall "
-                          f"{metrics['mean_class_recall']:.2f}%")
-    results = context.outputs.setdefault("zero_shot", {})
-    results["zero_shot"] = {"run_id": run_id, "metrics": metrics}
+    tracker.log(job.run_id, {**metrics, "param_count": params}, params=common_params)
+    for key, value in {"model": f"{name} (zero-shot)", **common_tags}.items():
+        tracker.client.set_tag(job.run_id, key, value)
+    context.print(f"[bold green]{name} zero-shot[/] ({len(templates)} evaluation templates): top-1 "
+                  f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% mean class recall "
+                  f"{metrics['mean_class_recall']:.2f}%")
+    results = {"run_id": job.run_id, "zero_shot": {"run_id": job.run_id, "metrics": metrics}}
     if not zero_shot.linear_probe:
-        return
+        return results
 
     train_images = data.train.images[:zero_shot.probe_train_images]
     train_features = encode_images(model, train_images, image_input, device)
@@ -88,13 +119,15 @@ def zero_shot_stage(context: RunContext) -> None:
                          zero_shot.probe_steps, zero_shot.probe_lr).to(device)
     with torch.no_grad():
         probe_metrics = classification_metrics(probe(test_features), test_labels)
-    run_id = tracker.start_run(
+    # The probe's row is a run of its own (tag probe_of), part of this unit.
+    probe_run = tracker.start_run(
         context.experiment_id, f"{name} (linear probe)", parent_id=context.parent_run_id,
         params={**common_params, "probe_train_images": len(train_images), "probe_steps": zero_shot.probe_steps,
                 "probe_lr": zero_shot.probe_lr},
-        tags={"model": f"{name} (linear probe)", "stage": "linear_probe", **common_tags},
+        tags={"model": f"{name} (linear probe)", "stage": "linear_probe", "probe_of": job.run_id, **common_tags},
         metrics={**probe_metrics, "param_count": params})
-    tracker.finish(run_id)
-    context.console.print(f"[bold green]{name} linear probe[/] ({len(train_images):,} training images, frozen "
-                          f"features): top-1 {probe_metrics['top1']:.2f}% top-5 {probe_metrics['top5']:.2f}%")
-    results["linear_probe"] = {"run_id": run_id, "metrics": probe_metrics}
+    tracker.finish(probe_run)
+    context.print(f"[bold green]{name} linear probe[/] ({len(train_images):,} training images, frozen "
+                  f"features): top-1 {probe_metrics['top1']:.2f}% top-5 {probe_metrics['top5']:.2f}%")
+    results["linear_probe"] = {"run_id": probe_run, "metrics": probe_metrics}
+    return results

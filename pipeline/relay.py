@@ -1,0 +1,99 @@
+"""Rank 0's events, relayed to the process that called `fit`, which is the run's only MLflow writer.
+
+Ray Train V2 runs user callbacks in its controller actor, not in the caller, so the workers' rank 0 sends
+its events (first step, step, epoch metrics, restarts, final) through a Ray queue instead; a thread here
+hands them on. The workers then need no tracking credentials, and nothing secret reaches their runtime
+environment or Ray's logs.
+"""
+from __future__ import annotations
+
+import threading
+from queue import Empty
+from typing import Any, Callable
+
+
+class Relay:
+    """A Ray queue the workers put events into, and a thread that passes each to `handle`."""
+
+    def __init__(self, handle: Callable[[dict], None] | None):
+        self.handle = handle
+        self.queue = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Relay":
+        if self.handle is not None:
+            from ray.util.queue import Queue
+
+            self.queue = Queue(actor_options={"num_cpus": 0})
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.queue is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain()
+        self.queue.shutdown()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pass(self.queue.get(timeout=0.5))
+            except Empty:
+                continue
+            except Exception:  # the queue actor is gone: the run is ending
+                return
+
+    def _drain(self) -> None:
+        try:
+            while not self.queue.empty():
+                self._pass(self.queue.get_nowait())
+        except Exception:
+            pass
+
+    def _pass(self, event: dict) -> None:
+        try:
+            self.handle(event)
+        except Exception as exc:  # a failed write must not stop the relay; the run's end reconciles
+            import logging
+
+            logging.getLogger(__name__).warning("progress event not handled: %s", exc)
+
+
+class RunWriter:
+    """Writes a training run's epochs into its MLflow run, each epoch once: steps already logged (by an
+    earlier attempt of the same unit, or a worker restarted from a checkpoint) are skipped, and the epochs
+    a checkpoint holds are logged at the end if an event was lost."""
+
+    def __init__(self, tracker, run_id: str, started_at: float | None = None,
+                 show: Callable[[dict], None] | None = None):
+        self.tracker, self.run_id, self.started_at, self.show = tracker, run_id, started_at, show
+        self.logged = tracker.logged_steps(run_id, "epoch")
+        self._startup_logged = bool(tracker.logged_steps(run_id, "startup_s"))
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "epoch":
+            self.epoch(event["metrics"])
+        elif kind == "first_step" and self.started_at is not None:
+            with self._lock:
+                if not self._startup_logged:
+                    self.tracker.log(self.run_id, {"startup_s": event["time"] - self.started_at})
+                    self._startup_logged = True
+        if self.show is not None:
+            self.show(event)
+
+    def epoch(self, metrics: dict[str, float]) -> None:
+        step = int(metrics["epoch"])
+        with self._lock:
+            if step in self.logged:
+                return
+            self.tracker.log(self.run_id, metrics, step=step)
+            self.logged.add(step)
+
+    def history(self, history: list[dict[str, Any]]) -> None:
+        for metrics in history:
+            self.epoch(metrics)
