@@ -1,6 +1,7 @@
 """Connecting to Ray: a local cluster by default, or the cluster a Ray Job runs in."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -21,3 +22,117 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     ray.init(num_cpus=num_cpus if local else None, include_dashboard=True if local else None,
              log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
              configure_logging=True)
+
+
+class LocalCluster:
+    """A multi-node Ray cluster on this machine: a head and more nodes as separate `ray start` processes,
+    each with its own temp dir, ports and declared logical CPUs (more than the machine has, to simulate a
+    bigger cluster), token auth on. Only its own processes are stopped at the end (never `ray stop`,
+    which would end other clusters on the machine). For benchmarks and tests."""
+
+    def __init__(self, nodes: list[dict], env: dict[str, str] | None = None):
+        self.nodes = nodes  # per node: {"num_cpus": 2, "resources": {"node2": 1}}
+        self.env = env
+        self.processes: list = []
+        self.temp = None
+        self.gcs = self.dashboard = None
+
+    def __enter__(self) -> "LocalCluster":
+        import secrets
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        bin_dir = Path(sys.executable).parent
+        token = secrets.token_hex(32)
+        self.env = {**(self.env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                    "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # a job's `python` is the project's
+        self.env.pop("RAY_ADDRESS", None)
+        gcs, dashboard = free_port(), free_port()
+        self.temp = Path("/tmp") / f"rt{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
+        self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
+        ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--metrics-export-port", "--runtime-env-agent-port"]
+        try:
+            for index, node in enumerate(self.nodes):
+                command = [str(bin_dir / "ray"), "start", "--num-cpus", str(node.get("num_cpus", 1)), "--block",
+                           "--disable-usage-stats", "--min-worker-port", "0", "--max-worker-port", "0",
+                           "--temp-dir", f"{self.temp}n{index}"]
+                for flag in ports:
+                    command += [flag, str(free_port())]
+                if node.get("resources"):
+                    command += ["--resources", json.dumps(node["resources"])]
+                if index == 0:
+                    command += ["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                                str(dashboard), "--ray-client-server-port", str(free_port())]
+                else:
+                    command += ["--address", self.gcs]
+                self.processes.append(subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.DEVNULL, start_new_session=True))
+                if index == 0:
+                    wait_for(lambda: http_answers(f"{self.dashboard}/api/version"), 120, "the Ray head's dashboard")
+            wait_for(lambda: self.alive_nodes() == len(self.nodes), 120, "every Ray node")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def alive_nodes(self) -> int:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        script = "import ray; ray.init(address='auto', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        result = subprocess.run([str(Path(sys.executable)), "-c", script], capture_output=True, text=True,
+                                env={**self.env, "RAY_ADDRESS": self.gcs}, timeout=60)
+        return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 and result.stdout.strip() else 0
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+        import signal
+        import subprocess
+
+        for process in reversed(self.processes):  # our own process groups only
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for index in range(len(self.nodes)):
+            shutil.rmtree(f"{self.temp}n{index}", ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    import time
+
+    from pipeline.errors import PipelineError
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise PipelineError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http_answers(url: str) -> bool:
+    """Whether a server answers at `url` (a 401 counts: the dashboard is up and asks for the token)."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except Exception as exc:
+        return getattr(exc, "code", None) == 401

@@ -5,13 +5,13 @@ import difflib
 import fnmatch
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline import names
 from pipeline.data.catalog import DATASETS
 from pipeline.errors import PipelineError
 
@@ -71,9 +71,8 @@ class TrainConfig(Strict):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        known = _timm_optimizers()
-        if name.lower() not in known:
-            raise ValueError(f"unknown optimizer '{name}'{_did_you_mean(name, known)}")
+        if not names.known("optimizers", name.lower()):
+            raise ValueError(f"unknown optimizer '{name}'{_did_you_mean(name, names.names('optimizers'))}")
         return name.lower()
 
     @field_validator("scheduler")
@@ -94,9 +93,8 @@ class ModelEntry(Strict):
     @field_validator("name")
     @classmethod
     def _registered(cls, name: str) -> str:
-        known = registered_models()
-        if name not in known:
-            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, known)} "
+        if not names.known("models", name):
+            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, names.names('models'))} "
                              f"(`pipeline models` lists the zoo; any timm model name works)")
         return name
 
@@ -256,9 +254,7 @@ class ZeroShotConfig(Strict):
     @field_validator("model")
     @classmethod
     def _known(cls, name: str) -> str:
-        from pipeline.clip import check_model_name
-
-        return name if name == "pretrain" else check_model_name(name)
+        return name if name == "pretrain" else check_clip_model(name)
 
 
 class ClipConfig(Strict):
@@ -274,9 +270,7 @@ class ClipConfig(Strict):
     @field_validator("model")
     @classmethod
     def _known(cls, name: str) -> str:
-        from pipeline.clip import check_model_name
-
-        return check_model_name(name)
+        return check_clip_model(name)
 
 
 class EnsembleConfig(Strict):
@@ -382,20 +376,13 @@ class Spec(Strict):
         return self.tracking.experiment or self.data.name.replace("_", "-")
 
 
-@lru_cache(maxsize=1)
-def registered_models() -> frozenset[str]:
-    import timm
-
-    import models  # noqa: F401  (registers the zoo in timm's registry)
-
-    return frozenset(timm.list_models())
-
-
-@lru_cache(maxsize=1)
-def _timm_optimizers() -> list[str]:
-    from timm.optim import list_optimizers
-
-    return list(list_optimizers())
+def check_clip_model(name: str) -> str:
+    """A ValueError naming close matches when `name` is no open_clip model (hf-hub:/local-dir: pass)."""
+    if name.startswith(("hf-hub:", "local-dir:")) or names.known("clip_models", name):
+        return name
+    small = sorted(n for n in names.names("clip_models") if n.startswith("clip-"))
+    raise ValueError(f"unknown CLIP model '{name}'{_did_you_mean(name, names.names('clip_models'))}: use one of the "
+                     f"small models {', '.join(small)} or any open_clip model name (open_clip.list_models())")
 
 
 def _did_you_mean(name: str, known) -> str:

@@ -78,10 +78,12 @@ class RunWriter:
         kind = event["kind"]
         if kind == "epoch":
             self.epoch(event["metrics"])
-        elif kind == "first_step" and self.started_at is not None:
+        elif kind == "first_step":
+            if event.get("node"):
+                self.tracker.client.set_tag(self.run_id, "ray_node_id", event["node"])
             with self._lock:
-                if not self._startup_logged:
-                    self.tracker.log(self.run_id, {"startup_s": event["time"] - self.started_at})
+                if not self._startup_logged and self.started_at is not None:
+                    self.tracker.log(self.run_id, startup_parts(self.started_at, event["time"], event.get("marks")))
                     self._startup_logged = True
         if self.show is not None:
             self.show(event)
@@ -97,3 +99,17 @@ class RunWriter:
     def history(self, history: list[dict[str, Any]]) -> None:
         for metrics in history:
             self.epoch(metrics)
+
+
+# The parts of a Train run's start-up, from `fit` to its first step, as rank 0 marked them.
+STARTUP_PARTS = (("startup_workers_s", None, "loop"),  # placement group, worker processes, torch, process group
+                 ("startup_imports_s", "loop", "imports"), ("startup_data_s", "imports", "data"),
+                 ("startup_model_s", "data", "model"), ("startup_first_step_s", "model", None))
+
+
+def startup_parts(started_at: float, first_step: float, marks: dict[str, float] | None) -> dict[str, float]:
+    parts = {"startup_s": first_step - started_at}
+    if marks:
+        for key, begin, end in STARTUP_PARTS:
+            parts[key] = (marks[end] if end else first_step) - (marks[begin] if begin else started_at)
+    return parts

@@ -53,11 +53,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Tracker:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, create: bool = True):
+        """A client of the store at `uri`; with create=False, no client (None) when it is a SQLite file that
+        does not exist yet, so that looking does not create it."""
         from mlflow import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(uri)
+        db = sqlite_path(uri)
+        self.client = MlflowClient(uri) if create or db is None or db.exists() else None
 
     @property
     def display_uri(self) -> str:

@@ -211,6 +211,7 @@ def worker_setup(threads: int, train: dict[str, Any]):
 
 
 def train_loop_per_worker(config: WorkerConfig) -> None:
+    marks = {"loop": time.time()}  # the start-up's parts, reported with the first step
     import ray.train
     import ray.train.torch
     from timm.optim import create_optimizer_v2
@@ -220,8 +221,10 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
     hp, rank, world_size, device, autocast = worker_setup(config.threads, config.train)
     channels_last = hp.channels_last if hp.channels_last is not None else device.type == "cuda"
+    marks["imports"] = time.time()
 
     train_batches, val_batches, test_batches = make_batches(config, rank, world_size, device)
+    marks["data"] = time.time()
     augment = Augment(config.mean, config.std, config.hflip and config.data["augment"],
                       config.data["max_shift"] if config.data["augment"] else 0, device, seed=hp.seed + rank)
 
@@ -235,6 +238,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         "find_unused_parameters": bool(getattr(model, "has_unused_parameters", False))})
     optimizer = create_optimizer_v2(unwrap(model), opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
                                     momentum=hp.momentum)
+    marks["model"] = time.time()
     scheduler, _ = create_scheduler_v2(optimizer, sched=hp.scheduler, num_epochs=hp.epochs,
                                        warmup_epochs=hp.warmup_epochs, min_lr=hp.min_lr, step_on_epochs=False,
                                        updates_per_epoch=train_batches.steps_per_epoch)
@@ -288,7 +292,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
             if events and step == 0 and epoch == start_epoch:
-                events("first_step", time=time.time())
+                events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(), marks=marks)
             if events and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
                 events("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,

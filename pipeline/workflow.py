@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -193,7 +193,7 @@ class Engine:
     def resolve(self, unit: Unit, outputs: dict[str, dict]) -> UnitState:
         state = self.states[unit.name]
         unit.resolve_key(outputs)
-        if unit.cacheable:
+        if unit.cacheable and self.context.experiment_id is not None:
             classify(state, find_runs(self.context.tracker, self.context.experiment_id, unit.key), self.forced(unit))
         return state
 
@@ -310,13 +310,20 @@ class Engine:
                 self.release(job.run_id)
 
     def execute(self, total: dict[str, float]) -> None:
+        """Start each unit when what it needs has ended and its workers fit in what the running units leave
+        of the cluster (re-read every few seconds: nodes join, an autoscaler adds some)."""
         context = self.context
         bound = context.spec.max_concurrent_units
+        refreshed = time.time()
         pending = [u for u in self.units]
         running: dict[str, Unit] = {}
         in_use: dict[str, float] = {}
         ended: set[str] = set()
         while pending or running:
+            if total and time.time() - refreshed > 2:
+                import ray
+
+                total, refreshed = ray.cluster_resources(), time.time()
             for unit in list(pending):
                 if not all(n in ended for n in unit.needs + unit.after):
                     continue
@@ -411,20 +418,41 @@ def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, r
     units = plan(context)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
-    context.tracker = Tracker(uri)
-    context.experiment_id = context.tracker.experiment_id(spec.experiment_name)
+    context.tracker = Tracker(uri, create=False)
+    if context.tracker.client is not None:  # a store that does not exist yet holds no runs: it is made later
+        experiment = context.tracker.client.get_experiment_by_name(spec.experiment_name)
+        context.experiment_id = experiment.experiment_id if experiment else None
     engine = Engine(context, units, rerun)
     engine.resolve_static()
     return engine
 
 
+def preflight_data(context: RunContext) -> None:
+    """Load the data set (or open a streamed one) before any run is written: a missing or corrupt file is
+    a one-line error, not a failed unit."""
+    from pipeline.data import dataset_info, is_streaming
+
+    data = context.spec.data
+    if not is_streaming(data):
+        context.splits(data)
+        return
+    from pipeline.data.huggingface import open_dataset
+
+    open_dataset(data.path or dataset_info(data).hub_id, data.train_split, streaming=True)
+
+
 def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> RunContext:
     """Run a spec's workflow; returns its context (outputs per stage, failed unit names)."""
     from pipeline.progress import WorkflowDisplay
+    from pipeline.tracking import Tracker
 
     engine = prepare(spec, console, verbose, rerun)
     context, tracker = engine.context, engine.context.tracker
     to_run = [u for u in engine.units if engine.states[u.name].state != "cached"]
+    if any(u.uses_data for u in to_run):
+        preflight_data(context)
+    tracker = context.tracker = Tracker(tracker.uri)
+    context.experiment_id = tracker.experiment_id(spec.experiment_name)
     total: dict[str, float] = {}
     if any(u.resources is not None for u in to_run):
         from pipeline.cluster import init_ray

@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,32 @@ def log_predictions(tracker, run_id: str, probs, labels, folder: Path) -> None:
     torch.save(labels, folder / "test_labels.pt")
     tracker.log_artifact(run_id, folder / "test_probs.pt", "predictions")
     tracker.log_artifact(run_id, folder / "test_labels.pt", "predictions")
+
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A real two-node Ray cluster on this machine (head and a second node as separate `ray start` processes,
+    token auth on; 1 CPU each, the second with resource node2) and an MLflow server, shared by the tests
+    that need a cluster (Ray Jobs, the workflow's concurrent units, resume)."""
+    from pipeline.cluster import LocalCluster, free_port, http_answers, wait_for
+
+    tmp_path = tmp_path_factory.mktemp("cluster")
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    port = free_port()
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with LocalCluster([{"num_cpus": 1}, {"num_cpus": 1, "resources": {"node2": 1}}], env) as ray_cluster:
+            tracking = f"http://127.0.0.1:{port}"
+            wait_for(lambda: http_answers(f"{tracking}/health"), 120, "the MLflow server")
+            yield {"address": ray_cluster.dashboard, "gcs": ray_cluster.gcs, "tracking": tracking,
+                   "env": ray_cluster.env, "token": ray_cluster.env["RAY_AUTH_TOKEN"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=15)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.data.catalog import DATASETS, DatasetInfo
-from pipeline.data.tensors import ImageTensors
+
+if TYPE_CHECKING:  # torch is imported by the loaders, not by the spec's validation
+    from pipeline.data.tensors import ImageTensors
 
 
 @dataclass
