@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Optional
@@ -367,9 +368,12 @@ def main() -> None:
     except PipelineError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("[bold red]interrupted[/]")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        from pipeline.workflow import Interrupted
+
+        if not isinstance(exc, Interrupted):  # the workflow has said what it stopped and how to resume
+            Console(stderr=True).print("[bold red]interrupted[/]")
+        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

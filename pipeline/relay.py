@@ -78,6 +78,8 @@ class RunWriter:
         kind = event["kind"]
         if kind == "epoch":
             self.epoch(event["metrics"])
+        elif kind == "resumed":
+            self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(event["epoch"]))
         elif kind == "first_step":
             if event.get("node"):
                 self.tracker.client.set_tag(self.run_id, "ray_node_id", event["node"])

@@ -225,14 +225,17 @@ class Engine:
                 except Exception:
                     pass  # a tracking server away for a moment: the next beat tries again
 
-    def close_orphans(self) -> int:
-        """RUNNING runs of this spec whose driver is dead and whose unit is not run again: KILLED."""
-        client, keys = self.context.tracker.client, {u.key for u in self.units if u.key}
+    def close_orphans(self, keep: bool) -> int:
+        """RUNNING runs of this spec whose driver is dead: KILLED; with `keep`, not those of this plan's units
+        (by key, or by name while the key is unknown), which their units take over."""
+        client = self.context.tracker.client
+        keys = {u.key for u in self.units if u.key} if keep else set()
+        names = {u.name for u in self.units if u.key is None} if keep else set()
         runs = client.search_runs([self.context.experiment_id],
                                   f"tags.spec = '{self.context.spec.name}' and attributes.status = 'RUNNING'")
         closed = 0
         for run in runs:
-            if lease_alive(run) or run.data.tags.get(KEY_TAG) in keys:
+            if lease_alive(run) or run.data.tags.get(KEY_TAG) in keys or run.data.tags.get(UNIT_TAG) in names:
                 continue
             if run.data.tags.get(UNIT_TAG) or run.data.tags.get("stage") == "workflow":
                 client.set_terminated(run.info.run_id, "KILLED")
@@ -293,11 +296,10 @@ class Engine:
         except Exception as exc:  # one unit's failure never stops the others
             if isinstance(exc, (UnitFailed, PipelineError)):
                 reason = str(exc)
-            else:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            else:  # a bug or a library's error: its type and last line, the traceback with --verbose
+                reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}"
                 if self.context.verbose:
                     traceback.print_exc()
-            reason = f"{type(exc).__name__}: {reason}" if not isinstance(exc, (UnitFailed, PipelineError)) else reason
             if job is not None and job.run_id != self.context.parent_run_id:
                 try:
                     tracker.client.set_tag(job.run_id, "error", reason[:5000])
@@ -466,7 +468,7 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name, CODE_TAG: code_version()})
     engine.hold(context.parent_run_id, "workflow")
     tracker.log_text(context.parent_run_id, context.spec_yaml, "spec.yaml")
-    closed = engine.close_orphans()
+    closed = engine.close_orphans(keep=True)
     context.console.print(f"[bold]{spec.name}[/]: {len(engine.units)} unit(s), experiment '{spec.experiment_name}' "
                           f"in {tracker.display_uri} (run {context.parent_run_id})"
                           + (f"; {closed} run(s) of a dead driver marked killed" if closed else ""))
@@ -501,6 +503,8 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         summary = {"units": len(engine.units), "units_reused": len(engine.reused),
                    "units_failed": len(context.failures), "wall_time_s": time.time() - started}
         try:
+            if status != "KILLED":
+                engine.close_orphans(keep=False)  # what the units did not take over
             tracker.log(context.parent_run_id, summary)
             if engine.reused:
                 tracker.client.set_tag(context.parent_run_id, "reused_units", ",".join(engine.reused)[:5000])

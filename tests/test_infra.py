@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from pipeline.config import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -172,8 +175,19 @@ def test_rayjob_runs_the_pipeline_cli():
     spec_path = entrypoint.split()[2]
     assert spec_path.startswith("experiments/") and spec_path.endswith(".yaml")
     assert job["spec"]["shutdownAfterJobFinishes"] is True
-    if not (ROOT / spec_path).exists():
-        pytest.skip(f"{spec_path} is not in the repository yet")
+    # The units ask for the accelerators the cluster has: every worker fits one GPU pod of a worker group.
+    words = shlex.split(entrypoint)
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    spec = load_spec(ROOT / spec_path, overrides)
+    pods = [g["template"]["spec"]["containers"][0]["resources"]["limits"]
+            for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+    for entry in spec.models:
+        resources = spec.resources_for(entry)
+        assert resources.gpus_per_worker >= 1, entry.name
+        assert any(int(pod.get("nvidia.com/gpu", 0)) >= resources.gpus_per_worker
+                   and float(pod["cpu"]) >= resources.cpus_per_worker for pod in pods), entry.name
+        groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        assert resources.num_workers <= sum(g["maxReplicas"] for g in groups), entry.name
 
 
 # --- Ray cluster launcher ---------------------------------------------------------------------

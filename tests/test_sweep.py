@@ -161,6 +161,8 @@ def test_sweep_stage_needs_a_sweep_section(workdir):
     with pytest.raises(PipelineError, match="stage 'sweep' needs a sweep: section"):
         parse_spec(tree)
     tree = sweep_spec(workdir)
-    tree["stages"] = ["retrain", "sweep"]
-    with pytest.raises(PipelineError, match="list it after 'sweep'"):
+    tree["stages"] = ["retrain"]
+    with pytest.raises(PipelineError, match="no stage produces one: add stage 'sweep'"):
         parse_spec(tree)
+    tree["stages"] = ["retrain", "sweep"]  # the stages form a DAG: their order in the list does not matter
+    assert parse_spec(tree).stages == ["retrain", "sweep"]

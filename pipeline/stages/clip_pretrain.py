@@ -102,6 +102,7 @@ def run_unit(job: Job) -> dict[str, Any]:
                             "resources": spec.resources.model_dump(), "pairs": len(data.train),
                             "distinct_captions": len(data.train.captions)})
     tracker.client.set_tag(run_id, "dataset", spec.data.name if not config.captions.path else config.captions.path)
+    tracker.client.set_tag(run_id, "model", config.model)
     context.print(f"[bold]{job.unit.name}[/]: {params:.3f} M params, {len(data.train):,} image-text pairs, "
                   f"{len(data.train.captions):,} distinct captions, run {run_id}")
     worker_config = ClipWorkerConfig(
