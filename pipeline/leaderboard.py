@@ -42,8 +42,13 @@ class Leaderboard:
 
 
 def ui_url(tracking_uri: str) -> str:
-    """Where the MLflow UI of a tracking store is: the server itself, or `pipeline ui` for a local store."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    """Where the MLflow UI of a tracking store is: the server itself (no credentials in the link), or
+    `pipeline ui` for a local store."""
+    from pipeline.tracking import split_userinfo
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return LOCAL_UI
+    return split_userinfo(tracking_uri)[0].rstrip("/")
 
 
 def _number(text: str | None, kind=float):
@@ -116,7 +121,7 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
     """The experiment's leaderboard; `references` adds the ILSVRC winners (default: for ImageNet)."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import sqlite_path
+    from pipeline.tracking import redact, sqlite_path
 
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
@@ -126,7 +131,7 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = ", ".join(e.name for e in client.search_experiments() if e.name != "Default") or "none yet"
-        raise PipelineError(f"no experiment '{experiment}' in {tracking_uri} (experiments: {names}): "
+        raise PipelineError(f"no experiment '{experiment}' in {redact(tracking_uri)} (experiments: {names}): "
                             f"pass --experiment NAME")
     runs = client.search_runs([found.experiment_id], _filter(family, tags or {}), max_results=50000)
     rows, notes = [], []

@@ -148,6 +148,8 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from pipeline.tracking import redact
+
     if bool(run_id) == bool(model_uri):
         raise PipelineError("give either --run RUN_ID or --model-uri models:/NAME@champion (one of them)")
     _check_images(images)
@@ -155,8 +157,12 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
         client = MlflowClient(tracking_uri)
         try:
             client.get_run(run_id)
-        except MlflowException:
-            raise PipelineError(f"no run {run_id} in {tracking_uri}: give a run id from the leaderboard") from None
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise PipelineError(f"cannot read run {run_id} from {redact(tracking_uri)} "
+                                    f"({redact(str(exc).splitlines()[0][:200])})") from None
+            raise PipelineError(f"no run {run_id} in {redact(tracking_uri)}: give a run id from the "
+                                "leaderboard") from None
         with tempfile.TemporaryDirectory() as directory:
             classifier = Classifier(*_download_model(client, run_id, directory))
         return classifier.top(images, k)
@@ -165,7 +171,8 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
-        raise PipelineError(f"cannot load {model_uri} from {tracking_uri} ({str(exc).splitlines()[0][:200]}): "
+        raise PipelineError(f"cannot load {model_uri} from {redact(tracking_uri)} "
+                            f"({redact(str(exc).splitlines()[0][:200])}): "
                             "register one with `pipeline register --experiment NAME`") from None
     frame = model.predict(pd.DataFrame({"image": [str(Path(i).resolve()) for i in images]}))
     return [json.loads(top)[:k] for top in frame["top5"]]
