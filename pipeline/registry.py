@@ -131,14 +131,23 @@ def register_champion(tracking_uri: str, experiment: str, name: str | None = Non
 
 
 def _check_images(paths: list[str]) -> None:
-    from PIL import Image, UnidentifiedImageError
+    """Each path an image PIL decodes whole (truncated files fail only when decoded), within PIL's size limit."""
+    import warnings
+
+    from PIL import Image
 
     for path in paths:
         if not Path(path).is_file():
             raise PipelineError(f"image file {path} not found: give paths of PNG/JPEG files")
         try:
-            Image.open(path).verify()
-        except (UnidentifiedImageError, OSError):
+            with warnings.catch_warnings():
+                # Above Image.MAX_IMAGE_PIXELS PIL only warns (an error above twice that): refuse both.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise PipelineError(f"image {path} is too large to classify ({exc}): give a smaller image") from None
+        except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
             raise PipelineError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
 
 

@@ -4,11 +4,13 @@ MLflow, and a closed port."""
 import os
 import secrets
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,63 @@ def test_redact_hides_passwords_in_uris_and_messages():
     assert redact("request to http://a:b@h/api failed; see http://h2") == "request to http://a:***@h/api failed; see http://h2"
     for unchanged in ("http://127.0.0.1:5000", "sqlite:////tmp/a@b/mlflow.db", "mail me at a@b.c"):
         assert redact(unchanged) == unchanged
+
+
+# --- the spec and its overrides ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, fragments", [
+    ("train.lr=[1", ["override 'train.lr=[1'", "'[1' is not valid YAML"]),
+    ("train.lr=-1", ["override 'train.lr=-1': train.lr: Input should be greater than 0 (got -1)"]),
+    ("models.lenet5.train.lr=0", ["override 'models.lenet5.train.lr=0': models[lenet5].train: lr: Input should be "
+                                  "greater than 0"]),
+])
+def test_a_bad_override_is_named(tmp_path, override, fragments):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    assert_one_line_error(run_cli("validate", "spec.yaml", "--set", "train.epochs=2", "--set", override,
+                                  cwd=tmp_path), *fragments)
+
+
+def test_an_error_of_the_file_itself_names_the_file_not_an_override(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("epochs: 1", "epochs: 0"))
+    line = assert_one_line_error(run_cli("validate", "spec.yaml", "--set", "train.lr=0.01", cwd=tmp_path),
+                                 "spec.yaml: train.epochs: Input should be greater than or equal to 1")
+    assert "override" not in line
+
+
+def test_a_spec_that_is_not_utf8_or_is_a_folder(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes(SPEC.replace("name: t", "name: t\ndescription: caf\xe9").encode("latin-1"))
+    assert_one_line_error(run_cli("validate", "latin1.yaml", cwd=tmp_path), "latin1.yaml is not UTF-8", "0xe9")
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "quick.yaml").write_text(SPEC)
+    line = assert_one_line_error(run_cli("run", "specs", cwd=tmp_path), "spec specs is a folder", "quick.yaml")
+    assert "not found" not in line
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: PIL reads the size before any data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_predict_refuses_huge_and_broken_images_by_name(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    files = {"bomb.png": png_header(15000, 15000),  # 225 megapixels: PIL's DecompressionBombError
+             "big.png": png_header(10000, 10000),  # 100 megapixels: PIL only warns
+             "notes.png": b"not an image at all\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    for name, fragment in (("bomb.png", "is too large"), ("big.png", "is too large"),
+                           ("notes.png", "is not an image file")):
+        result = run_cli("predict", name, "--run", "0123456789abcdef", "--tracking-uri", uri, cwd=tmp_path)
+        assert_one_line_error(result, name, fragment)
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["logs", "job1"], ["stop", "job1"], ["run", "spec.yaml"]])
+def test_a_ray_address_without_scheme_fails_at_once(tmp_path, command):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    # Ray took this for a GCS address and gave up on it after 40-50 s, with its C++ warnings and another message.
+    result = run_cli(*command, "--address", "127.0.0.1:9", cwd=tmp_path, timeout=120)
+    assert_one_line_error(result, "Ray address '127.0.0.1:9' has no scheme", "http://HOST:8265")
