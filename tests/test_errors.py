@@ -14,8 +14,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, run_cli
+from pipeline.errors import PipelineError
+from pipeline.model_checks import check_model_kwargs
 from pipeline.tracking import redact
 
 SENTINEL = "Sentinel-pw-4711-xyz"  # the admin password of the server with logins; must never be printed
@@ -252,3 +255,27 @@ def test_a_ray_address_without_scheme_fails_at_once(tmp_path, command):
     # Ray took this for a GCS address and gave up on it after 40-50 s, with its C++ warnings and another message.
     result = run_cli(*command, "--address", "127.0.0.1:9", cwd=tmp_path, timeout=120)
     assert_one_line_error(result, "Ray address '127.0.0.1:9' has no scheme", "http://HOST:8265")
+
+
+# --- model keyword arguments ------------------------------------------------------------------------------
+
+def test_unknown_model_kwargs_are_refused_with_the_ones_the_model_takes():
+    with pytest.raises(PipelineError, match=r"^model 'lenet5' takes no keyword argument 'bogus_kwarg'; "
+                                            r"it takes: act_layer, drop_rate$"):
+        check_model_kwargs("lenet5", {"drop_rate": 0.1, "bogus_kwarg": 1})
+    with pytest.raises(PipelineError, match=r"model 'resnet18' takes no keyword argument 'drop_path'"
+                                            r" \(did you mean drop_path_rate.*it takes: .*drop_block_rate"):
+        check_model_kwargs("resnet18", {"drop_path": 0.1})
+    with pytest.raises(PipelineError, match="kwargs.num_classes is set by the pipeline"):
+        check_model_kwargs("resnet20", {"num_classes": 3})
+    check_model_kwargs("resnet18", {"drop_path_rate": 0.1, "pretrained_cfg_overlay": {}})  # timm's builder takes it
+
+
+def test_the_kwargs_of_every_shipped_spec_are_accepted():
+    checked = 0
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        for entry in yaml.safe_load(path.read_text()).get("models") or []:
+            if isinstance(entry, dict) and entry.get("kwargs"):
+                check_model_kwargs(entry["name"], entry["kwargs"])
+                checked += 1
+    assert checked >= 5
