@@ -90,10 +90,11 @@ def champion_row(tracking_uri: str, experiment: str) -> dict:
     board = leaderboard.build(tracking_uri, experiment)
     client = MlflowClient(tracking_uri)
     for row in board.rows:
-        if row["kind"] in MODEL_KINDS and any(a.path == "model/model.pt" for a in client.list_artifacts(row["run_id"], "model")):
+        if row["kind"] in MODEL_KINDS and not row["diverged"] \
+                and any(a.path == "model/model.pt" for a in client.list_artifacts(row["run_id"], "model")):
             return {**row, "experiment_id": board.experiment_id}
-    raise PipelineError(f"no run on the leaderboard of '{experiment}' has saved weights (model/model.pt): "
-                        "train a model first")
+    raise PipelineError(f"no run on the leaderboard of '{experiment}' has saved weights (model/model.pt) without "
+                        "having diverged: train a model first")
 
 
 def register_champion(tracking_uri: str, experiment: str, name: str | None = None) -> dict:
