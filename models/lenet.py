@@ -13,7 +13,7 @@ from ._common import LinearClassifierModel, create, small_cfg
 
 
 class LeNet(LinearClassifierModel):
-    def __init__(self, num_classes=10, in_chans=1, act_layer=nn.Tanh, drop_rate=0.0, **kwargs):
+    def __init__(self, num_classes=10, in_chans=1, act_layer=nn.Tanh, drop_rate=0.0):
         super().__init__()
         self.num_classes = num_classes
         self.features = nn.Sequential(

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.errors import PipelineError
 
@@ -25,6 +26,16 @@ SkipOption = typer.Option(None, "--skip", help="Leave out the spec's models matc
                                                "(repeatable).")
 TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                                                           "or sqlite:///mlflow.db here).")
+
+
+def checked_tracking_uri(option: str | None) -> str:
+    """The tracking URI of a command that reads or writes MLflow, checked before the command's first MLflow call:
+    a dead, wrong or password-protected server is a one-line error instead of the MLflow client's traceback."""
+    from pipeline.tracking import check_reachable, resolve_uri
+
+    uri = resolve_uri(option)
+    check_reachable(uri)
+    return uri
 
 
 @app.command()
@@ -137,11 +148,11 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
                 tracking_uri: Optional[str] = TrackingOption) -> None:
     """The best run per model, ranked by test top-1 error."""
     from pipeline import leaderboard as board
-    from pipeline.tracking import resolve_uri
 
     if fmt not in board.FORMATS:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(board.FORMATS)}")
-    uri, tags = resolve_uri(tracking_uri), board.parse_tag_filters(tag)
+    tags = board.parse_tag_filters(tag)
+    uri = checked_tracking_uri(tracking_uri)
     built = board.build(uri, experiment, family, tags)
     if compare:
         board.show_comparison(built, board.build(uri, compare, family, tags), fmt, console)
@@ -153,17 +164,18 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
 def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "127.0.0.1",
        tracking_uri: Optional[str] = TrackingOption) -> None:
     """Serve the MLflow UI for the same tracking store."""
-    from pipeline.tracking import resolve_uri, sqlite_path
+    from pipeline.leaderboard import ui_url
+    from pipeline.tracking import redact, resolve_uri, sqlite_path
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        console.print(f"The tracking store is a server: open {uri}")
+        console.print(f"The tracking store is a server: open {ui_url(uri)}")
         return
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port), "--workers", "1"]
     if (db := sqlite_path(uri)) is not None:
         command += ["--default-artifact-root", (db.parent / "mlartifacts").as_uri()]
-    console.print(f"MLflow UI: http://{host}:{port}  (store {uri}; Ctrl-C stops it)")
+    console.print(f"MLflow UI: http://{host}:{port}  (store {redact(uri)}; Ctrl-C stops it)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         subprocess.run(command, env=env, check=False)
@@ -247,9 +259,8 @@ def report(experiment: str = typer.Option(..., "--experiment", "-e", help="MLflo
            tracking_uri: Optional[str] = TrackingOption) -> None:
     """A self-contained HTML page and markdown: leaderboard, charts, links to the runs."""
     from pipeline.report import write_report
-    from pipeline.tracking import resolve_uri
 
-    written = write_report(resolve_uri(tracking_uri), experiment, out, ui_url)
+    written = write_report(checked_tracking_uri(tracking_uri), experiment, out, ui_url)
     for note in written.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: {written.html} and {written.markdown} ({len(written.images)} charts); "
@@ -263,9 +274,8 @@ def register(experiment: str = typer.Option(..., "--experiment", "-e", help="MLf
              tracking_uri: Optional[str] = TrackingOption) -> None:
     """Register the leaderboard's best model in the MLflow Model Registry with the alias `champion`."""
     from pipeline.registry import register_champion
-    from pipeline.tracking import resolve_uri
 
-    done = register_champion(resolve_uri(tracking_uri), experiment, name)
+    done = register_champion(checked_tracking_uri(tracking_uri), experiment, name)
     console.print(f"{done['uri']} = {done['name']} version {done['version']}: {done['model']} "
                   f"(top-1 error {done['top1_err']:.2f}%, run {done['run_id']})")
 
@@ -279,9 +289,8 @@ def predict(images: list[str] = typer.Argument(..., help="Image files (PNG, JPEG
             tracking_uri: Optional[str] = TrackingOption) -> None:
     """Classify image files with a training run's model or a registered one; labels with probabilities."""
     from pipeline.registry import predict as classify
-    from pipeline.tracking import resolve_uri
 
-    for path, labels in zip(images, classify(resolve_uri(tracking_uri), images, run_id, model_uri, top)):
+    for path, labels in zip(images, classify(checked_tracking_uri(tracking_uri), images, run_id, model_uri, top)):
         print(f"{path}: " + ", ".join(f"{label} {100 * p:.1f}%" for label, p in labels))
 
 
@@ -366,7 +375,10 @@ def main() -> None:
     try:
         app()
     except PipelineError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from pipeline.tracking import redact
+
+        # Rich markup off for the message: a URI's [brackets] or a value like [1 must print as they are.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         from pipeline.workflow import Interrupted

@@ -459,38 +459,75 @@ def _select_models(tree: dict, only: Sequence[str], skip: Sequence[str]) -> None
         raise PipelineError("--model/--skip leave no model to run: loosen them")
 
 
-def parse_spec(tree: Any, source: str = "spec", overrides: Sequence[str] = (),
-               only: Sequence[str] = (), skip: Sequence[str] = ()) -> Spec:
-    """Validate a spec tree after `--set` overrides (models by index in the file, name or pattern) and
-    model selection (--model / --skip)."""
-    if not isinstance(tree, dict):
-        raise PipelineError(f"{source}: an experiment spec must be a YAML mapping (name:, data:, models:, ...)")
+def _overridden(tree: dict, overrides: Sequence[str], only: Sequence[str], skip: Sequence[str]) -> dict:
+    """A copy of the tree with the `--set` overrides applied and the models selected."""
     tree = _unshared(tree)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise PipelineError(f"override '{override}' is not KEY=VALUE: write e.g. --set train.epochs=1")
         try:
-            _set_path(tree, key.strip().split("."), yaml.safe_load(raw))
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise PipelineError(f"override '{override}': the value {raw!r} is not valid YAML "
+                                f"({getattr(exc, 'problem', None) or exc}): write a number, true/false, [a, b], "
+                                "{key: value} or a quoted string") from None
+        try:
+            _set_path(tree, key.strip().split("."), value)
         except PipelineError as exc:
             raise PipelineError(f"override '{override}': {exc}") from None
         except (ValueError, IndexError, TypeError, AttributeError):
             raise PipelineError(f"override '{override}': '{key}' does not name a field of the spec") from None
     if only or skip:
         _select_models(tree, only, skip)
+    return tree
+
+
+def _culprit(tree: dict, overrides: Sequence[str], only: Sequence[str], skip: Sequence[str], error: str) -> str | None:
+    """The first override from which on the spec fails with `error` (None when the file alone does)."""
+    for count in range(len(overrides) + 1):
+        try:
+            Spec.model_validate(_overridden(tree, overrides[:count], only, skip))
+        except ValidationError as exc:
+            if _first_error(exc) == error:
+                return overrides[count - 1] if count else None
+        except PipelineError:
+            pass  # --model/--skip patterns that only match once the overrides are in
+    return None
+
+
+def parse_spec(tree: Any, source: str = "spec", overrides: Sequence[str] = (),
+               only: Sequence[str] = (), skip: Sequence[str] = ()) -> Spec:
+    """Validate a spec tree after `--set` overrides (models by index in the file, name or pattern) and
+    model selection (--model / --skip). A validation error names the override that brought it in."""
+    if not isinstance(tree, dict):
+        raise PipelineError(f"{source}: an experiment spec must be a YAML mapping (name:, data:, models:, ...)")
     try:
-        return Spec.model_validate(tree)
+        return Spec.model_validate(_overridden(tree, overrides, only, skip))
     except ValidationError as exc:
-        raise PipelineError(f"{source}: {_first_error(exc)}") from None
+        error = _first_error(exc)
+    culprit = _culprit(tree, overrides, only, skip, error) if overrides else None
+    raise PipelineError(f"override '{culprit}': {error}" if culprit else f"{source}: {error}")
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), only: Sequence[str] = (),
               skip: Sequence[str] = ()) -> Spec:
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.y*ml"))
+        raise PipelineError(f"spec {path} is a folder, not a file: give the path of an experiment YAML"
+                            + (f" in it ({', '.join(found[:5])})" if found else " (see experiments/)"))
     if not path.is_file():
         raise PipelineError(f"spec file {path} not found: give the path of an experiment YAML (see experiments/)")
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+                            "give a YAML file, saved as UTF-8") from None
+    except OSError as exc:
+        raise PipelineError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+    try:
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -26,6 +26,10 @@ EXCLUDES = [".venv", ".git", "mlflow.db", "mlruns", "mlartifacts", ".pipeline", 
 
 def client(address: str):
     """A JobSubmissionClient for `address` that presents the Ray auth token, as `ray job submit` does."""
+    if not address.startswith(("http://", "https://")):
+        # Ray would take HOST:PORT for a GCS address and retry it for most of a minute.
+        raise PipelineError(f"Ray address '{address}' has no scheme: give the dashboard address with its scheme: "
+                            "http://HOST:8265")
     from ray.job_submission import JobSubmissionClient
 
     # JobSubmissionClient only sends a token when token auth is on in this process; the Ray CLI turns it

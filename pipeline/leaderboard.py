@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
@@ -29,8 +30,11 @@ class Leaderboard:
 
     @property
     def columns(self) -> list[str]:
-        """COLUMNS, plus `kind` when not every row is a plain training run and `sweep` when a row has one."""
+        """COLUMNS, plus `kind` when not every row is a plain training run, `diverged` when a run did and
+        `sweep` when a row has one."""
         columns = list(COLUMNS)
+        if any(r.get("diverged") for r in self.rows):
+            columns.insert(1, "diverged")
         if self.references or any(r["kind"] != "train" for r in self.rows):
             columns.insert(1, "kind")
         if any(r.get("sweep_run_id") for r in self.rows):
@@ -42,8 +46,13 @@ class Leaderboard:
 
 
 def ui_url(tracking_uri: str) -> str:
-    """Where the MLflow UI of a tracking store is: the server itself, or `pipeline ui` for a local store."""
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    """Where the MLflow UI of a tracking store is: the server itself (no credentials in the link), or
+    `pipeline ui` for a local store."""
+    from pipeline.tracking import split_userinfo
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return LOCAL_UI
+    return split_userinfo(tracking_uri)[0].rstrip("/")
 
 
 def _number(text: str | None, kind=float):
@@ -59,6 +68,7 @@ def _row(run) -> dict:
     return {
         "model": tags["model"],
         "kind": tags.get("stage", "train"),
+        "diverged": metrics.get("diverged", 0) >= 1,  # logged by training when the loss is NaN or infinite
         **{key: metrics.get(key) for key in METRICS},
         "family": tags.get("family", ""),
         "year": _number(tags.get("paper_year"), int),
@@ -75,11 +85,15 @@ def _row(run) -> dict:
 
 
 def best_per_model(rows: list[dict]) -> list[dict]:
-    """Keep each model's best run; ties go to the lower top-5 error, then the earlier run."""
+    """Keep each model's best run; ties go to the lower top-5 error, then the earlier run. A diverged run
+    (its errors are no result) ranks below every run that did not diverge."""
+    def key(r):
+        return r.get("diverged", False), r["top1_err"], r["top5_err"], r["_start"]
+
     best: dict[str, dict] = {}
-    for row in sorted(rows, key=lambda r: (r["top1_err"], r["top5_err"], r["_start"])):
+    for row in sorted(rows, key=key):
         best.setdefault(row["model"], row)
-    return sorted(best.values(), key=lambda r: (r["top1_err"], r["top5_err"], r["_start"], r["model"]))
+    return sorted(best.values(), key=lambda r: (*key(r), r["model"]))
 
 
 def ilsvrc_references() -> list[dict]:
@@ -116,7 +130,7 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
     """The experiment's leaderboard; `references` adds the ILSVRC winners (default: for ImageNet)."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import sqlite_path
+    from pipeline.tracking import redact, sqlite_path
 
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
@@ -126,7 +140,7 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = ", ".join(e.name for e in client.search_experiments() if e.name != "Default") or "none yet"
-        raise PipelineError(f"no experiment '{experiment}' in {tracking_uri} (experiments: {names}): "
+        raise PipelineError(f"no experiment '{experiment}' in {redact(tracking_uri)} (experiments: {names}): "
                             f"pass --experiment NAME")
     runs = client.search_runs([found.experiment_id], _filter(family, tags or {}), max_results=50000)
     rows, notes = [], []
@@ -146,7 +160,11 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
         raise PipelineError(f"experiment '{experiment}' has no training runs yet: run a spec that trains on it")
     if references is None:
         references = "imagenet" in experiment.lower() or any(r["dataset"].startswith("imagenet") for r in rows)
-    return Leaderboard(experiment, best_per_model(rows), notes, found.experiment_id, ui_url(tracking_uri),
+    best = best_per_model(rows)
+    notes += [f"{r['model']} (run {r['run_id']}) diverged (its loss became NaN or infinite): its errors are no "
+              "result and it is never an ensemble member or the champion; lower train.lr or set train.grad_clip"
+              for r in best if r["diverged"]]
+    return Leaderboard(experiment, best, notes, found.experiment_id, ui_url(tracking_uri),
                        ilsvrc_references() if references else [])
 
 
@@ -170,6 +188,8 @@ def _ranked(board: Leaderboard) -> list[tuple[str, dict]]:
 
 
 def _value(board: Leaderboard, row: dict, column: str):
+    if column == "diverged":
+        return "yes" if row.get("diverged") else None
     if column == "sweep":
         return board.run_url(row["sweep_run_id"]) if row.get("sweep_run_id") else None
     return row.get(column)
@@ -209,8 +229,8 @@ def to_rich_table(board: Leaderboard):
     table.add_column("#", justify="right")
     columns = board.columns
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "kind", "family", "accelerator", "run_id",
-                                                              "sweep") else "right")
+        table.add_column(column, justify="left" if column in ("model", "kind", "diverged", "family", "accelerator",
+                                                              "run_id", "sweep") else "right")
     for rank, row in _ranked(board):
         cells = [_cell(c, _value(board, row, c)) for c in columns]
         table.add_row(rank, *cells, style="dim" if rank == "ref" else None)
@@ -227,8 +247,13 @@ def show(board: Leaderboard, fmt: str, console) -> None:
                           "mostly ensembles), from models/catalogue.py")
         for note in board.notes:
             console.print(f"[yellow]note:[/] {note}")
-    else:
-        print(to_csv(board) if fmt == "csv" else to_markdown(board), end="")
+    elif fmt == "markdown":
+        notes = "".join(f"- note: {note}\n" for note in board.notes)  # a markdown list below the table
+        print(to_markdown(board) + ("\n" + notes if notes else ""), end="")
+    else:  # the notes go to stderr, so that the CSV stays one table
+        print(to_csv(board), end="")
+        for note in board.notes:
+            print(f"note: {note}", file=sys.stderr)
 
 
 # --- two experiments side by side -------------------------------------------------------------

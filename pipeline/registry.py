@@ -90,10 +90,11 @@ def champion_row(tracking_uri: str, experiment: str) -> dict:
     board = leaderboard.build(tracking_uri, experiment)
     client = MlflowClient(tracking_uri)
     for row in board.rows:
-        if row["kind"] in MODEL_KINDS and any(a.path == "model/model.pt" for a in client.list_artifacts(row["run_id"], "model")):
+        if row["kind"] in MODEL_KINDS and not row["diverged"] \
+                and any(a.path == "model/model.pt" for a in client.list_artifacts(row["run_id"], "model")):
             return {**row, "experiment_id": board.experiment_id}
-    raise PipelineError(f"no run on the leaderboard of '{experiment}' has saved weights (model/model.pt): "
-                        "train a model first")
+    raise PipelineError(f"no run on the leaderboard of '{experiment}' has saved weights (model/model.pt) without "
+                        "having diverged: train a model first")
 
 
 def register_champion(tracking_uri: str, experiment: str, name: str | None = None) -> dict:
@@ -131,14 +132,23 @@ def register_champion(tracking_uri: str, experiment: str, name: str | None = Non
 
 
 def _check_images(paths: list[str]) -> None:
-    from PIL import Image, UnidentifiedImageError
+    """Each path an image PIL decodes whole (truncated files fail only when decoded), within PIL's size limit."""
+    import warnings
+
+    from PIL import Image
 
     for path in paths:
         if not Path(path).is_file():
             raise PipelineError(f"image file {path} not found: give paths of PNG/JPEG files")
         try:
-            Image.open(path).verify()
-        except (UnidentifiedImageError, OSError):
+            with warnings.catch_warnings():
+                # Above Image.MAX_IMAGE_PIXELS PIL only warns (an error above twice that): refuse both.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise PipelineError(f"image {path} is too large to classify ({exc}): give a smaller image") from None
+        except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
             raise PipelineError(f"{path} is not an image file PIL can read (PNG, JPEG, ...)") from None
 
 
@@ -148,6 +158,8 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from pipeline.tracking import redact
+
     if bool(run_id) == bool(model_uri):
         raise PipelineError("give either --run RUN_ID or --model-uri models:/NAME@champion (one of them)")
     _check_images(images)
@@ -155,8 +167,12 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
         client = MlflowClient(tracking_uri)
         try:
             client.get_run(run_id)
-        except MlflowException:
-            raise PipelineError(f"no run {run_id} in {tracking_uri}: give a run id from the leaderboard") from None
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise PipelineError(f"cannot read run {run_id} from {redact(tracking_uri)} "
+                                    f"({redact(str(exc).splitlines()[0][:200])})") from None
+            raise PipelineError(f"no run {run_id} in {redact(tracking_uri)}: give a run id from the "
+                                "leaderboard") from None
         with tempfile.TemporaryDirectory() as directory:
             classifier = Classifier(*_download_model(client, run_id, directory))
         return classifier.top(images, k)
@@ -165,7 +181,8 @@ def predict(tracking_uri: str, images: list[str], run_id: str | None = None, mod
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
-        raise PipelineError(f"cannot load {model_uri} from {tracking_uri} ({str(exc).splitlines()[0][:200]}): "
+        raise PipelineError(f"cannot load {model_uri} from {redact(tracking_uri)} "
+                            f"({redact(str(exc).splitlines()[0][:200])}): "
                             "register one with `pipeline register --experiment NAME`") from None
     frame = model.predict(pd.DataFrame({"image": [str(Path(i).resolve()) for i in images]}))
     return [json.loads(top)[:k] for top in frame["top5"]]

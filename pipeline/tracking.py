@@ -4,9 +4,14 @@ The driver creates and closes the runs; training workers only log metrics into a
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,9 @@ from pipeline.errors import PipelineError
 # Fail fast on a dead server instead of retrying for minutes (MLflow's default).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints "View run ... at: URI" on each run's end, a password in the URI included; the commands say
+# where their runs are themselves.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def resolve_uri(spec_uri: str | None = None) -> str:
@@ -27,17 +35,71 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """(URI without user:password@, user, password)."""
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), urllib.parse.unquote(user), \
+        urllib.parse.unquote(password) if sep else None
+
+
+# user:password@ (or a user-only token@) after a URI's scheme; the password may hold an unescaped @.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^/\s:@]*)(?P<password>:[^/\s]*)?@")
+
+
+def redact(text: str) -> str:
+    """A URI, or a message with URIs in it, as it may be printed: passwords (and user-only tokens) as ***."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] is not None
+                         else f"{m['scheme']}***@", text)
+
+
+def _api_request(uri: str) -> urllib.request.Request:
+    """A cheap MLflow REST call, with the credentials the MLflow client would send (the environment's first,
+    as MLflow gives them precedence, else the URI's user:password, which urllib does not take in the URL)."""
+    bare, user, password = split_userinfo(uri)
+    request = urllib.request.Request(f"{bare.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or user
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or password
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
+    elif user or password:
+        pair = f"{user or ''}:{password or ''}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    return request
+
+
 def check_reachable(uri: str) -> None:
     """Raise a one-line error when the tracking store cannot be used, before anything is written."""
     if uri.startswith(("http://", "https://")):
+        shown = redact(uri)
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
         try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5)
-        except urllib.error.HTTPError:
-            return  # the server answered (an auth-protected /health, say)
+            with urllib.request.urlopen(_api_request(uri), timeout=5,
+                                        context=ssl._create_unverified_context() if insecure else None) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise PipelineError(f"tracking server {shown} refused the request (HTTP {exc.code}): set "
+                                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of "
+                                    "that server") from None
+            if exc.code >= 500:
+                raise PipelineError(f"tracking server {shown} failed (HTTP {exc.code}): check the server's log "
+                                    "and its database") from None
+            body = b""  # any other answer to an MLflow API call (404, 405, ...): not MLflow
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise PipelineError(f"tracking server {uri} is unreachable ({reason}): start it (`mlflow server` or "
+            raise PipelineError(f"tracking server {shown} is unreachable ({reason}): start it (`mlflow server` or "
                                 f"`pipeline ui`) or set tracking.uri / MLFLOW_TRACKING_URI to a running one") from None
+        try:
+            is_mlflow = isinstance(json.loads(body), dict)
+        except ValueError:
+            is_mlflow = False
+        if not is_mlflow:
+            raise PipelineError(f"{shown} is not an MLflow tracking server (its REST API did not answer): "
+                                "give the address of `mlflow server` in tracking.uri / MLFLOW_TRACKING_URI")
     elif (db := sqlite_path(uri)) is not None and not os.access(db.parent if not db.exists() else db, os.W_OK):
         raise PipelineError(f"tracking database {db} is not writable: fix its permissions or set tracking.uri")
 

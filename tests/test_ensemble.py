@@ -138,3 +138,14 @@ def test_trained_runs_ensemble_in_a_workflow(ray_cluster, workdir):
     trained = client.get_run(context.outputs["train"]["resnet20"]["run_id"])
     assert trained.data.tags["accelerator"] == "cpu" and trained.data.tags["paper_year"] == "2015"
     assert trained.data.params["seed"] == "0" and trained.data.params["epochs"] == "1"
+
+
+def test_top_k_passes_over_a_diverged_run(members, tmp_path):
+    tracker, experiment, labels, probs, runs = members
+    board = tracker.experiment_id("diverged")
+    for name in "abc":
+        run_id = log_member(tracker, board, name, probs[name], labels, tmp_path)
+    tracker.log(run_id, {"diverged": 1.0})  # c: its loss became NaN at the end
+    result = build_ensemble(tracker, "diverged", [], 3, None)
+    assert result["members"] == ["a", "b"]
+    assert any("c (run" in note and "diverged" in note for note in result["notes"])

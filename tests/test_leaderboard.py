@@ -164,3 +164,39 @@ def test_cli_compares_experiments(store):
     lines = result.stdout.splitlines()
     assert lines[2].startswith("| resnet20 | 8.00 | 9.50 |") and "+1.50" in lines[2]
     assert "lenet5" not in result.stdout
+
+
+def test_a_diverged_run_is_marked_ranked_last_and_noted_in_every_format(store, capsys):
+    from rich.console import Console
+
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "resnet20", 8.0)
+    add_run(tracker, experiment, "vit", 20.0)
+    nan_run = add_run(tracker, experiment, "lenet5", 5.0, diverged=1.0)  # an error that is no result
+    healthy = leaderboard.build(uri, bench, family=None, tags={"model": "vit"})
+    assert "diverged" not in healthy.columns and not healthy.notes
+    board = leaderboard.build(uri, bench)
+    assert [(r["model"], r["diverged"]) for r in board.rows] == [("resnet20", False), ("vit", False), ("lenet5", True)]
+    assert board.columns[:2] == ["model", "diverged"]
+    assert len(board.notes) == 1 and nan_run in board.notes[0] and "diverged" in board.notes[0]
+
+    leaderboard.show(board, "csv", None)
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["model"], r["diverged"]) for r in rows] == [("resnet20", ""), ("vit", ""), ("lenet5", "yes")]
+    assert err.startswith("note: lenet5") and "diverged" in err  # on stderr: the CSV stays one table
+    leaderboard.show(board, "markdown", None)
+    out = capsys.readouterr().out
+    assert "| 3 | lenet5 | yes |" in out and out.rstrip().splitlines()[-1].startswith("- note: lenet5")
+    table = io.StringIO()
+    leaderboard.show(board, "table", Console(file=table, width=300))
+    text = table.getvalue()
+    assert "diverged" in text.splitlines()[2] and "note: lenet5" in text and "yes" in text
+
+
+def test_a_model_with_a_diverged_and_a_sound_run_shows_the_sound_one(store):
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "lenet5", 3.0, diverged=1.0)
+    sound = add_run(tracker, experiment, "lenet5", 12.0)
+    board = leaderboard.build(uri, bench)
+    assert [r["run_id"] for r in board.rows] == [sound] and "diverged" not in board.columns and not board.notes

@@ -116,3 +116,24 @@ def test_predict_command_and_its_errors(store):
         registry.predict(uri, paths[:1], run_id="nope")
     with pytest.raises(PipelineError, match="cannot load models:/absent@champion"):
         registry.predict(uri, paths[:1], model_uri="models:/absent@champion")
+
+
+def test_a_diverged_run_is_never_the_champion(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracker.experiment_id("nan")
+    (tmp_path / "model.pt").write_bytes(b"weights")
+
+    def run(model, top1_err, weights, **extra):
+        run_id = tracker.start_run(experiment, model, tags={"model": model, "stage": "train"},
+                                   metrics={"top1_err": top1_err, "top5_err": 0.0, **extra})
+        if weights:
+            tracker.log_artifact(run_id, tmp_path / "model.pt", "model")
+        tracker.finish(run_id)
+        return run_id
+
+    run("nan_lenet", 1.0, weights=True, diverged=1.0)
+    run("no_weights", 10.0, weights=False)
+    with pytest.raises(PipelineError, match="without having diverged"):
+        registry.champion_row(tracker.uri, "nan")
+    sound = run("lenet5", 20.0, weights=True)
+    assert registry.champion_row(tracker.uri, "nan")["run_id"] == sound

@@ -77,7 +77,9 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
     for row in board.rows:
         if row["kind"] == "ensemble" or len(chosen) == top_k:
             continue
-        if has_predictions(client, row["run_id"]):
+        if row.get("diverged"):
+            notes.append(f"{row['model']} (run {row['run_id']}) diverged: passed over")
+        elif has_predictions(client, row["run_id"]):
             chosen.append((row["model"], row["run_id"]))
         else:
             notes.append(f"{row['model']} (run {row['run_id']}) has no saved test-set probabilities: passed over")

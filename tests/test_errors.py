@@ -1,0 +1,281 @@
+"""User mistakes and bad servers end in one line that names the problem and the fix: exit code 2, no traceback,
+no password. Against real servers: `mlflow server` with logins, `python -m http.server` as a server that is not
+MLflow, and a closed port."""
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+from pipeline.errors import PipelineError
+from pipeline.model_checks import check_model_kwargs
+from pipeline.tracking import redact
+
+SENTINEL = "Sentinel-pw-4711-xyz"  # the admin password of the server with logins; must never be printed
+WRONG = "Wrong-sentinel-pw-0815"  # a password that is wrong; must never be printed either
+SPEC = """name: t
+data: {name: synthetic}
+models: [lenet5]
+train: {epochs: 1}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line_error(result, *fragments):
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and SENTINEL not in output and WRONG not in output, output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            pass
+        assert time.time() < deadline, f"{url} did not come up: " + log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(autouse=True)
+def no_credentials_in_the_environment(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def login_server(tmp_path_factory):
+    """`mlflow server --app-name basic-auth` (infra/mlflow/start-server.sh) on SQLite, admin password SENTINEL."""
+    home = tmp_path_factory.mktemp("login-server")
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{home / 'mlflow.db'}",
+           "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{home / 'auth.db'}",
+           "MLFLOW_ARTIFACTS_DESTINATION": str(home / "artifacts"), "MLFLOW_AUTH_CONFIG_PATH": str(home / "auth.ini"),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": SENTINEL, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = home / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(ROOT / "infra" / "mlflow" / "start-server.sh")], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process, log)
+        yield port, home
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def not_mlflow(tmp_path_factory):
+    """`python -m http.server`: / answers 404 to MLflow's API; /html/ answers it with an HTML page."""
+    root = tmp_path_factory.mktemp("static")
+    page = root / "html" / "api" / "2.0" / "mlflow" / "experiments" / "search"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!doctype html><html><body>hello</body></html>")
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                    "--directory", str(root)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", process, log, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+# --- the tracking server ---------------------------------------------------------------------------------
+
+def tracking_commands(tmp_path: Path) -> list[list[str]]:
+    """Every command that reads or writes MLflow apart from `run`, as a user types it."""
+    image = tmp_path / "shoe.png"
+    if not image.exists():
+        from PIL import Image
+
+        Image.new("L", (28, 28)).save(image)
+    return [["leaderboard", "-e", "fashion-mnist"], ["report", "-e", "fashion-mnist", "-o", str(tmp_path / "r")],
+            ["register", "-e", "fashion-mnist"], ["predict", str(image), "--run", "0123456789abcdef"]]
+
+
+def test_nothing_listening_is_a_one_line_error_for_every_tracking_command(tmp_path):
+    dead = f"http://admin:{SENTINEL}@127.0.0.1:{free_port()}"
+    for command in tracking_commands(tmp_path):
+        result = run_cli(*command, "--tracking-uri", dead, cwd=tmp_path, timeout=120)
+        line = assert_one_line_error(result, "is unreachable", "http://admin:***@127.0.0.1")
+        assert "no run" not in line  # predict used to blame the run id
+
+
+def test_a_server_that_is_not_mlflow_is_named_as_such(tmp_path, not_mlflow):
+    for uri in (not_mlflow, f"{not_mlflow}/html"):
+        result = run_cli("leaderboard", "--tracking-uri", uri, cwd=tmp_path)
+        assert_one_line_error(result, f"{uri} is not an MLflow tracking server")
+    # `run` checks before it starts Ray (it used to fail 22 s later with a traceback).
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    result = run_cli("run", "spec.yaml", "--set", f"tracking.uri={not_mlflow}", cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, "is not an MLflow tracking server")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_server_with_logins_asks_for_credentials_and_never_prints_the_password(tmp_path, login_server):
+    port, _ = login_server
+    for uri in (f"http://127.0.0.1:{port}", f"http://admin:{WRONG}@127.0.0.1:{port}"):
+        for command in tracking_commands(tmp_path)[:2]:
+            result = run_cli(*command, "--tracking-uri", uri, cwd=tmp_path)
+            assert_one_line_error(result, "refused the request (HTTP 401)", "MLFLOW_TRACKING_USERNAME",
+                                  "MLFLOW_TRACKING_PASSWORD")
+    # The wrong password in the environment is refused the same way.
+    result = run_cli("leaderboard", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": WRONG})
+    assert_one_line_error(result, "refused the request")
+
+
+def test_credentials_in_the_uri_pass_the_check_and_are_redacted(tmp_path, login_server):
+    from mlflow import MlflowClient
+
+    port, _ = login_server
+    uri = f"http://admin:{SENTINEL}@127.0.0.1:{port}"
+    # The check lets the command through to MLflow (it used to call such a server unreachable) ...
+    result = run_cli("leaderboard", "-e", "nope", "--tracking-uri", uri, cwd=tmp_path)
+    assert_one_line_error(result, f"no experiment 'nope' in http://admin:***@127.0.0.1:{port}")
+    # ... and a command that succeeds writes no password either: the report's links to the MLflow UI.
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("logins")
+    run = client.create_run(experiment, tags={"model": "lenet5", "stage": "train"})
+    for key, value in {"top1_err": 9.5, "top5_err": 0.5, "top1": 90.5, "top5": 99.5}.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
+    result = run_cli("report", "-e", "logins", "-o", str(tmp_path / "report"), "--tracking-uri", uri, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert SENTINEL not in result.stdout + result.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{run.info.run_id}" in page
+    for written in (tmp_path / "report").iterdir():
+        assert SENTINEL.encode() not in written.read_bytes(), written
+
+
+def test_redact_hides_passwords_in_uris_and_messages():
+    assert redact("http://admin:s3cret@host:5000/x") == "http://admin:***@host:5000/x"
+    assert redact("https://TOKEN@host") == "https://***@host"
+    assert redact("postgresql://u:p@ss@db/mlflow") == "postgresql://u:***@db/mlflow"
+    assert redact("request to http://a:b@h/api failed; see http://h2") == "request to http://a:***@h/api failed; see http://h2"
+    for unchanged in ("http://127.0.0.1:5000", "sqlite:////tmp/a@b/mlflow.db", "mail me at a@b.c"):
+        assert redact(unchanged) == unchanged
+
+
+# --- the spec and its overrides ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, fragments", [
+    ("train.lr=[1", ["override 'train.lr=[1'", "'[1' is not valid YAML"]),
+    ("train.lr=-1", ["override 'train.lr=-1': train.lr: Input should be greater than 0 (got -1)"]),
+    ("models.lenet5.train.lr=0", ["override 'models.lenet5.train.lr=0': models[lenet5].train: lr: Input should be "
+                                  "greater than 0"]),
+])
+def test_a_bad_override_is_named(tmp_path, override, fragments):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    assert_one_line_error(run_cli("validate", "spec.yaml", "--set", "train.epochs=2", "--set", override,
+                                  cwd=tmp_path), *fragments)
+
+
+def test_an_error_of_the_file_itself_names_the_file_not_an_override(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("epochs: 1", "epochs: 0"))
+    line = assert_one_line_error(run_cli("validate", "spec.yaml", "--set", "train.lr=0.01", cwd=tmp_path),
+                                 "spec.yaml: train.epochs: Input should be greater than or equal to 1")
+    assert "override" not in line
+
+
+def test_a_spec_that_is_not_utf8_or_is_a_folder(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes(SPEC.replace("name: t", "name: t\ndescription: caf\xe9").encode("latin-1"))
+    assert_one_line_error(run_cli("validate", "latin1.yaml", cwd=tmp_path), "latin1.yaml is not UTF-8", "0xe9")
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "quick.yaml").write_text(SPEC)
+    line = assert_one_line_error(run_cli("run", "specs", cwd=tmp_path), "spec specs is a folder", "quick.yaml")
+    assert "not found" not in line
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: PIL reads the size before any data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_predict_refuses_huge_and_broken_images_by_name(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    files = {"bomb.png": png_header(15000, 15000),  # 225 megapixels: PIL's DecompressionBombError
+             "big.png": png_header(10000, 10000),  # 100 megapixels: PIL only warns
+             "notes.png": b"not an image at all\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    for name, fragment in (("bomb.png", "is too large"), ("big.png", "is too large"),
+                           ("notes.png", "is not an image file")):
+        result = run_cli("predict", name, "--run", "0123456789abcdef", "--tracking-uri", uri, cwd=tmp_path)
+        assert_one_line_error(result, name, fragment)
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["logs", "job1"], ["stop", "job1"], ["run", "spec.yaml"]])
+def test_a_ray_address_without_scheme_fails_at_once(tmp_path, command):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    # Ray took this for a GCS address and gave up on it after 40-50 s, with its C++ warnings and another message.
+    result = run_cli(*command, "--address", "127.0.0.1:9", cwd=tmp_path, timeout=120)
+    assert_one_line_error(result, "Ray address '127.0.0.1:9' has no scheme", "http://HOST:8265")
+
+
+# --- model keyword arguments ------------------------------------------------------------------------------
+
+def test_unknown_model_kwargs_are_refused_with_the_ones_the_model_takes():
+    with pytest.raises(PipelineError, match=r"^model 'lenet5' takes no keyword argument 'bogus_kwarg'; "
+                                            r"it takes: act_layer, drop_rate$"):
+        check_model_kwargs("lenet5", {"drop_rate": 0.1, "bogus_kwarg": 1})
+    with pytest.raises(PipelineError, match=r"model 'resnet18' takes no keyword argument 'drop_path'"
+                                            r" \(did you mean drop_path_rate.*it takes: .*drop_block_rate"):
+        check_model_kwargs("resnet18", {"drop_path": 0.1})
+    with pytest.raises(PipelineError, match="kwargs.num_classes is set by the pipeline"):
+        check_model_kwargs("resnet20", {"num_classes": 3})
+    check_model_kwargs("resnet18", {"drop_path_rate": 0.1, "pretrained_cfg_overlay": {}})  # timm's builder takes it
+
+
+def test_the_kwargs_of_every_shipped_spec_are_accepted():
+    checked = 0
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        for entry in yaml.safe_load(path.read_text()).get("models") or []:
+            if isinstance(entry, dict) and entry.get("kwargs"):
+                check_model_kwargs(entry["name"], entry["kwargs"])
+                checked += 1
+    assert checked >= 5
