@@ -126,10 +126,8 @@ class Tracker:
 
     @property
     def display_uri(self) -> str:
-        """The URI without a password written into it."""
-        import re
-
-        return re.sub(r"//([^/@:]+):[^/@]*@", r"//\1:***@", self.uri)
+        """The URI as it may be printed (no password)."""
+        return redact(self.uri)
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)

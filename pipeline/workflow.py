@@ -453,6 +453,11 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     to_run = [u for u in engine.units if engine.states[u.name].state != "cached"]
     if any(u.uses_data for u in to_run):
         preflight_data(context)
+    if any(u.stage in ("train", "sweep", "retrain") for u in to_run):
+        from pipeline.model_checks import check_model_kwargs
+
+        for entry in spec.models:  # imports torch and timm, so here rather than in the offline `validate`
+            check_model_kwargs(entry.name, entry.kwargs)
     tracker = context.tracker = Tracker(tracker.uri)
     context.experiment_id = tracker.experiment_id(spec.experiment_name)
     total: dict[str, float] = {}

@@ -1,5 +1,4 @@
 """The command as a user runs it: bad input ends in one line that names the problem, and writes nothing."""
-from pathlib import Path
 
 import pytest
 
@@ -67,3 +66,10 @@ def test_validate_and_leaderboard_messages(workdir):
     assert result.returncode == 0 and "4 model(s)" in result.stdout, result.stdout + result.stderr
     assert_one_line_error(run_cli("leaderboard", cwd=workdir), "no tracking store")
     assert_one_line_error(run_cli("leaderboard", "--format", "xml", cwd=workdir), "unknown format 'xml'")
+
+
+def test_a_keyword_argument_the_model_does_not_take_is_refused_before_anything_runs(workdir):
+    (workdir / "spec.yaml").write_text(GOOD.replace("models: [lenet5]", "models: [{name: lenet5, kwargs: {bogus_kwarg: 1}}]"))
+    result = run_cli("run", "spec.yaml", cwd=workdir)
+    assert_one_line_error(result, "model 'lenet5' takes no keyword argument 'bogus_kwarg'")
+    assert not (workdir / "mlflow.db").exists()

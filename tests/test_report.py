@@ -115,6 +115,6 @@ def test_report_command(store):
                      "https://mlflow.example.org", "--tracking-uri", uri, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "report.html" in result.stdout
-    assert f"https://mlflow.example.org/#/experiments/" in (tmp_path / "cli" / "report.html").read_text()
+    assert "https://mlflow.example.org/#/experiments/" in (tmp_path / "cli" / "report.html").read_text()
     missing = run_cli("report", "-e", "nope", "--tracking-uri", uri, cwd=tmp_path)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
