@@ -413,10 +413,13 @@ class Engine:
 
 def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> Engine:
     """Plan the units and look up what the tracking store already has: no Ray, no data."""
-    from pipeline.tracking import Tracker, check_reachable, resolve_uri
+    from pipeline.tracking import Tracker, check_reachable, redact, resolve_uri
 
     context = RunContext(spec, console=console or Console(), verbose=verbose)
-    context.spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    tree = spec.model_dump(mode="json")
+    if tree["tracking"]["uri"]:  # a password written into the URI is not kept with the runs
+        tree["tracking"]["uri"] = redact(tree["tracking"]["uri"])
+    context.spec_yaml = yaml.safe_dump(tree, sort_keys=False)
     units = plan(context)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)

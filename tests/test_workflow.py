@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from conftest import run_cli
 
-MODELS = ["lenet5", "resnet20", "plain20", "squeezenet1_1_cifar"]
+MODELS = ["resnet20", "plain20", "squeezenet1_1_cifar", "lenet5"]  # the first two admitted train longest
 
 
 def write_spec(workdir: Path, name: str, models, epochs: int = 2, size: int = 400, **extra) -> Path:
@@ -60,7 +60,7 @@ def ok(result):
 
 
 def test_units_run_concurrently_on_both_nodes_then_a_rerun_is_cached(cluster, workdir):
-    spec = write_spec(workdir, "wf-concurrent", MODELS, size=1000)
+    spec = write_spec(workdir, "wf-concurrent", MODELS, size=2000)
     client = MlflowClient(cluster["tracking"])
     env = cli_env(cluster)
     ok(run_cli("run", spec.name, cwd=workdir, env=env, timeout=900))
@@ -72,9 +72,10 @@ def test_units_run_concurrently_on_both_nodes_then_a_rerun_is_cached(cluster, wo
     assert all(epoch_steps(client, r) == [1, 2] for r in runs)  # each epoch logged once, by the driver
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2  # the units' workers ran on both nodes
     # Two units trained at the same time: their training windows (first epoch's start to last epoch's end,
-    # from the epochs' MLflow timestamps and durations) overlap.
-    spans = sorted(training_window(client, r) for r in runs)
-    assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), spans
+    # from the epochs' MLflow timestamps and durations) overlap, and so do their runs.
+    for spans in (sorted(training_window(client, r) for r in runs),
+                  sorted((r.info.start_time, r.info.end_time) for r in runs)):
+        assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), spans
     board = ok(run_cli("leaderboard", "-e", "wf-concurrent", "--format", "csv", cwd=workdir, env=env))
     assert len(board.stdout.strip().splitlines()) == 1 + len(MODELS)
 
@@ -179,3 +180,32 @@ def test_a_failing_unit_does_not_stop_the_others_and_bad_requests_are_one_line_e
                         sweep={"space": {"lr": {"type": "choice", "values": [0.01]}}})
     refused = run_cli("validate", lonely.name, cwd=workdir, env=env)
     assert refused.returncode == 2 and "no stage produces" in refused.stderr
+
+
+def test_ctrl_c_marks_what_ran_killed_and_the_same_command_resumes(cluster, workdir):
+    spec = write_spec(workdir, "wf-interrupt", [{"name": "resnet20", "train": {"epochs": 3}}], size=1500)
+    client = MlflowClient(cluster["tracking"])
+    env = cli_env(cluster)
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", spec.name], cwd=workdir,
+                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        wait_until(lambda: (units := unit_runs(client, "wf-interrupt")) and epoch_steps(client, units["train/resnet20"][0]),
+                   600, "resnet20's first epoch")
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, output[-3000:]
+    assert "interrupted (SIGINT): stopped unit(s) train/resnet20" in output and "Run the same command again" in output
+    assert "Traceback" not in output
+    [run] = unit_runs(client, "wf-interrupt")["train/resnet20"]
+    assert run.info.status == "KILLED"
+    assert {r.info.status for r in runs_of(client, "wf-interrupt", "tags.stage = 'workflow'")} == {"KILLED"}
+
+    again = ok(run_cli("run", spec.name, cwd=workdir, env=env, timeout=600))
+    assert "train/resnet20 resumed" in again.stdout
+    [resumed] = unit_runs(client, "wf-interrupt")["train/resnet20"]
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert epoch_steps(client, resumed) == [1, 2, 3]

@@ -5,8 +5,6 @@ import os
 from pathlib import Path
 
 from pipeline.data.catalog import DATASETS
-from pipeline.data.idx import read_idx
-from pipeline.data.tensors import ImageTensors
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HOW_TO_GET = ("install it with `apt-get install dataset-fashion-mnist`, or put the four IDX .gz files "
@@ -32,7 +30,11 @@ def find_dir(explicit: str | None = None) -> Path:
     return DEBIAN_DIR
 
 
-def load_fashion_mnist(split: str, folder: str | None = None) -> ImageTensors:
+def load_fashion_mnist(split: str, folder: str | None = None):
+    """The split as ImageTensors (torch is imported here: the checksums above serve the workflow's keys)."""
+    from pipeline.data.idx import read_idx
+    from pipeline.data.tensors import ImageTensors
+
     directory = find_dir(folder)
     (images_file, images_shape, images_sum), (labels_file, labels_shape, labels_sum) = FILES[split]
     images = read_idx(directory / images_file, images_shape, images_sum, HOW_TO_GET)

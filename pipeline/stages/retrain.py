@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.config import TrainConfig
 from pipeline.context import Job, RunContext, stage
-from pipeline.stages.train import entry_names, finished_output, run_training, training_identity
+from pipeline.stages.train import named_entries, finished_output, run_training, training_identity
 from pipeline.units import Unit
 
 
@@ -23,7 +23,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     # The validation split goes back into training: selection is over.
     data = spec.data.model_copy(update={"val_fraction": 0.0})
     units = []
-    for name, entry in zip(entry_names(spec), spec.models):
+    for name, entry in named_entries(spec):
         sweep = f"sweep/{name}"
 
         def identify(outputs, entry=entry, sweep=sweep):

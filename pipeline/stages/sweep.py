@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.context import Job, RunContext, stage, storage_of
 from pipeline.errors import UnitFailed
-from pipeline.stages.train import entry_names, training_identity, worker_config
+from pipeline.stages.train import named_entries, training_identity, worker_config
 from pipeline.units import Unit
 
 # Sweep units run one at a time in this process: each is a Ray Tune run whose own trials run concurrently,
@@ -44,7 +44,7 @@ def finished_sweep(run, context: RunContext) -> dict[str, Any]:
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     units = []
-    for name, entry in zip(entry_names(spec), spec.models):
+    for name, entry in named_entries(spec):
         identity = {**training_identity(spec, entry, spec.train_config(entry), spec.data),
                     "sweep": spec.sweep.model_dump(mode="json"), "world_size": spec.sweep.resources.num_workers}
         units.append(Unit(

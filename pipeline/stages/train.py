@@ -17,15 +17,18 @@ SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1
                 "test_loss", "diverged")
 
 
-def entry_names(spec: Spec) -> list[str]:
-    """A name per model entry, unique in the spec: the model's, with its place in the list when two
-    entries share a model (`lenet5`, `lenet5[1]`)."""
-    seen: dict[str, int] = {}
-    names = []
+def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
+    """The spec's distinct model entries, each with a name unique in the spec: the model's, with its place
+    in the list when two entries of one model differ (`lenet5`, `lenet5[1]`). An entry identical to an
+    earlier one is the same unit, listed once."""
+    seen_names, seen_entries, named = set(), [], []
     for index, entry in enumerate(spec.models):
-        names.append(entry.name if entry.name not in seen else f"{entry.name}[{index}]")
-        seen[entry.name] = index
-    return names
+        if entry in seen_entries:
+            continue
+        named.append((entry.name if entry.name not in seen_names else f"{entry.name}[{index}]", entry))
+        seen_names.add(entry.name)
+        seen_entries.append(entry)
+    return named
 
 
 def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def finished_output(run, context: RunContext | None = None) -> dict[str, Any]:
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     units = []
-    for name, entry in zip(entry_names(spec), spec.models):
+    for name, entry in named_entries(spec):
         train = spec.train_config(entry)
         units.append(Unit(
             name=f"train/{name}", stage="train", model=name, resources=spec.resources_for(entry), uses_data=True,

@@ -1,0 +1,81 @@
+"""Planning a workflow (no Ray, no data): units per stage, their DAG and their content keys."""
+import pytest
+
+from conftest import run_cli
+from pipeline import workflow
+from pipeline.config import parse_spec
+from pipeline.context import RunContext
+from pipeline.units import code_version, data_fingerprint
+
+
+def spec_tree(**extra) -> dict:
+    return {"name": "plan", "data": {"name": "synthetic"}, "models": ["lenet5", "resnet20"],
+            "train": {"epochs": 1}, "stages": ["train", "leaderboard"], **extra}
+
+
+def plan(tree: dict) -> dict:
+    units = workflow.plan(RunContext(parse_spec(tree)))
+    for unit in units:
+        if unit.identify is None:
+            unit.resolve_key({})
+    return {u.name: u for u in units}
+
+
+def test_a_stage_fans_out_into_units_that_form_a_dag():
+    units = plan(spec_tree(stages=["leaderboard", "retrain", "ensemble", "sweep", "train"],
+                           sweep={"space": {"lr": {"type": "choice", "values": [0.01, 0.1]}}}))
+    assert list(units) == ["train/lenet5", "train/resnet20", "sweep/lenet5", "sweep/resnet20", "retrain/lenet5",
+                           "retrain/resnet20", "ensemble", "leaderboard"]
+    assert units["retrain/lenet5"].needs == ["sweep/lenet5"]  # its own sweep, not every sweep
+    assert units["retrain/lenet5"].key is None  # known once the sweep's best config is
+    assert set(units["ensemble"].after) == {"train/lenet5", "train/resnet20", "retrain/lenet5", "retrain/resnet20"}
+    assert set(units["leaderboard"].after) == set(units) - {"leaderboard"}
+    assert units["leaderboard"].resources is None and units["train/lenet5"].resources.num_workers == 2
+
+
+def test_keys_change_with_what_decides_a_result_and_only_there():
+    base = plan(spec_tree())
+    assert {n: u.key for n, u in plan(spec_tree()).items()} == {n: u.key for n, u in base.items()}  # stable
+    changed = plan(spec_tree(models=["lenet5", {"name": "resnet20", "train": {"lr": 0.01}}]))
+    assert changed["train/lenet5"].key == base["train/lenet5"].key
+    assert changed["train/resnet20"].key != base["train/resnet20"].key
+    for change in ({"resources": {"num_workers": 4}}, {"data": {"name": "synthetic", "seed": 1}},
+                   {"train": {"epochs": 1, "seed": 3}}):
+        other = plan(spec_tree(**change))
+        assert other["train/lenet5"].key != base["train/lenet5"].key, change
+    # More CPUs per worker change nothing a result depends on.
+    same = plan(spec_tree(resources={"num_workers": 2, "cpus_per_worker": 2}))
+    assert same["train/lenet5"].key == base["train/lenet5"].key
+    assert "+" in code_version()  # package version + source hash
+
+
+def test_two_entries_of_one_model_are_two_units_and_identical_ones_one():
+    units = plan(spec_tree(models=[{"name": "lenet5", "train": {"lr": 0.003}}, {"name": "lenet5", "train": {"lr": 0.03}},
+                                   {"name": "lenet5", "train": {"lr": 0.003}}]))
+    assert [n for n in units if n.startswith("train/")] == ["train/lenet5", "train/lenet5[1]"]
+    assert units["train/lenet5"].key != units["train/lenet5[1]"].key
+
+
+def test_per_model_resources_override_the_spec_and_are_validated():
+    units = plan(spec_tree(models=["lenet5", {"name": "resnet20", "resources": {"num_workers": 4, "gpus_per_worker": 1}}],
+                           max_concurrent_units=3))
+    assert units["train/lenet5"].resources.num_workers == 2
+    assert units["train/resnet20"].resources.num_workers == 4 and units["train/resnet20"].resources.gpus_per_worker == 1
+    with pytest.raises(Exception, match="models\\[resnet20\\].resources: .*num_workers"):
+        parse_spec(spec_tree(models=[{"name": "resnet20", "resources": {"num_workers": 0}}]))
+
+
+def test_the_data_fingerprint_is_cheap_and_names_the_data(tmp_path):
+    idx = data_fingerprint(parse_spec(spec_tree(data={"name": "fashion_mnist"})).data)
+    assert idx["files"]["train"][0].startswith("c59f468a")  # the checksum the IDX loader verifies
+    (tmp_path / "train-0.parquet").write_bytes(b"x" * 10)
+    local = data_fingerprint(parse_spec(spec_tree(data={"name": "huggingface", "path": str(tmp_path)})).data)
+    assert local["files"] == [("train-0.parquet", 10)]
+
+
+def test_status_plans_without_ray_or_data_and_writes_nothing(workdir):
+    (workdir / "spec.yaml").write_text("name: s\ndata: {name: fashion_mnist}\nmodels: [lenet5]\n")
+    result = run_cli("status", "spec.yaml", cwd=workdir, env={"FASHION_MNIST_DIR": str(workdir)})  # no data here
+    assert result.returncode == 0, result.stderr
+    assert "train/lenet5" in result.stdout and "pending" in result.stdout and "2 x (1 CPU)" in result.stdout
+    assert not (workdir / "mlflow.db").exists()
