@@ -105,6 +105,8 @@ class ResourcesConfig(Strict):
     gpus_per_worker: float = Field(0, ge=0)
     threads_per_worker: int | None = Field(None, ge=1)  # torch CPU threads; default: cpus_per_worker
     max_failures: int = Field(2, ge=0)  # worker restarts from the latest checkpoint
+    # On a cluster that can grow, how long a unit waits for nodes its workers fit on before it fails.
+    max_wait_s: float = Field(600, gt=0)
 
     @property
     def threads(self) -> int:

@@ -137,35 +137,48 @@ def demand(unit: Unit) -> dict[str, float]:
     return {"CPU": n * r.cpus_per_worker, **({"GPU": n * r.gpus_per_worker} if r.gpus_per_worker else {})}
 
 
-def check_fits(units: list[Unit], console) -> dict[str, float]:
-    """Every unit's workers fit the cluster: one worker on some node, all workers in the cluster's total.
-    Returns the cluster's total resources. On a cluster that can grow (a remote one), a unit that does not
-    fit now is a warning: the autoscaler may add nodes."""
+def cluster_shape() -> tuple[list[dict[str, float]], dict[str, float]]:
+    """The alive nodes' resources and the cluster's total."""
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    total = ray.cluster_resources()
-    local = not os.environ.get("RAY_ADDRESS")
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")], ray.cluster_resources()
+
+
+def misfit(unit: Unit, nodes: list[dict[str, float]], total: dict[str, float]) -> str | None:
+    """Why a unit's workers cannot run on the cluster as it is (one worker on some node, all of them in the
+    cluster's total), or None."""
+    if unit.resources is None:
+        return None
+    r = unit.resources
+    worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    need = {k: v * r.num_workers for k, v in worker.items()}  # one Train run (one trial of a sweep)
+    if not any(all(node.get(k, 0) >= v for k, v in worker.items()) for node in nodes):
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0))) if nodes else {}
+        return (f"one worker asks for {_describe(worker)} but the largest node has "
+                f"{_describe({k: largest.get(k, 0) for k in worker})}")
+    if any(total.get(k, 0) < v for k, v in need.items()):
+        return (f"{r.num_workers} workers ask for {_describe(need)} but the cluster has "
+                f"{_describe({k: total.get(k, 0) for k in need})}")
+    return None
+
+
+MISFIT_FIX = ("lower resources.num_workers / cpus_per_worker / gpus_per_worker for it "
+              "(--set 'models.NAME.resources.num_workers=1'), or add nodes")
+
+
+def check_fits(units: list[Unit], console) -> dict[str, float]:
+    """Every unit's workers fit the cluster, or a one-line error before anything runs; returns the cluster's
+    total resources. On a cluster this driver joined (RAY_ADDRESS), which an autoscaler may grow, a unit that
+    does not fit is a warning, and it waits at most `resources.max_wait_s` for the nodes it needs."""
+    nodes, total = cluster_shape()
+    joined = bool(os.environ.get("RAY_ADDRESS"))
     for unit in units:
-        if unit.resources is None:
+        if (problem := misfit(unit, nodes, total)) is None:
             continue
-        r = unit.resources
-        worker = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
-        need = {k: v * r.num_workers for k, v in worker.items()}  # one Train run (one trial of a sweep)
-        problem = None
-        if not any(all(node.get(k, 0) >= v for k, v in worker.items()) for node in nodes):
-            largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0))) if nodes else {}
-            problem = (f"one worker asks for {_describe(worker)} but the largest node has "
-                       f"{_describe({k: largest.get(k, 0) for k in worker})}")
-        elif any(total.get(k, 0) < v for k, v in need.items()):
-            problem = (f"{r.num_workers} workers ask for {_describe(need)} but the cluster has "
-                       f"{_describe({k: total.get(k, 0) for k in need})}")
-        if problem:
-            fix = (f"lower resources.num_workers / cpus_per_worker / gpus_per_worker for it "
-                   f"(--set 'models.{unit.model}.resources.num_workers=1') or add nodes")
-            if local:
-                raise PipelineError(f"unit {unit.name}: {problem}: {fix}")
-            console.print(f"[yellow]warning:[/] unit {unit.name}: {problem}; it waits until the cluster grows")
+        if not joined:
+            raise PipelineError(f"unit {unit.name}: {problem}: {MISFIT_FIX}")
+        console.print(f"[yellow]warning:[/] unit {unit.name}: {problem}; it waits up to "
+                      f"{unit.resources.max_wait_s:g} s for the cluster to grow")
     return total
 
 
@@ -317,15 +330,15 @@ class Engine:
         context = self.context
         bound = context.spec.max_concurrent_units
         refreshed = time.time()
+        nodes = cluster_shape()[0] if total else []
+        waiting_since: dict[str, float] = {}
         pending = [u for u in self.units]
         running: dict[str, Unit] = {}
         in_use: dict[str, float] = {}
         ended: set[str] = set()
         while pending or running:
             if total and time.time() - refreshed > 2:
-                import ray
-
-                total, refreshed = ray.cluster_resources(), time.time()
+                (nodes, total), refreshed = cluster_shape(), time.time()
             for unit in list(pending):
                 if not all(n in ended for n in unit.needs + unit.after):
                     continue
@@ -346,6 +359,15 @@ class Engine:
                     ended.add(unit.name)
                     continue
                 need = demand(unit)
+                if need and (problem := misfit(unit, nodes, total)):  # the cluster may still grow
+                    since = waiting_since.setdefault(unit.name, time.time())
+                    if time.time() - since < unit.resources.max_wait_s:
+                        continue
+                    pending.remove(unit)
+                    self._ended(unit, "failed", None, f"waited {unit.resources.max_wait_s:g} s: {problem}: "
+                                                      f"{MISFIT_FIX}")
+                    ended.add(unit.name)
+                    continue
                 busy = [u for u in running.values() if u.resources is not None]
                 if need and busy:
                     if bound and len(busy) >= bound:
