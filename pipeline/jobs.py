@@ -18,8 +18,10 @@ from pipeline.errors import PipelineError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Environment a job needs to reach the same tracking server and storage as this machine.
-PASSED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PIPELINE_STORAGE_PATH",
-              "MLFLOW_TRACKING_TOKEN")
+# Environment a job needs to reach the same tracking server and storage as this machine. Credentials are
+# not among them: a job's environment is readable by every Ray Jobs client of the cluster (its job info),
+# so the cluster holds its own (a secret store, as infra/kuberay mounts them).
+PASSED_ENV = ("MLFLOW_TRACKING_URI", "PIPELINE_STORAGE_PATH")
 # Never uploaded with the working folder: the environment, local stores and checkpoints.
 EXCLUDES = [".venv", ".git", "mlflow.db", "mlruns", "mlartifacts", ".pipeline", "__pycache__", "*.egg-info"]
 
@@ -81,6 +83,13 @@ def submit(spec_path: str, overrides: list[str], address: str, working_dir: str 
     if verbose:
         command.append("--verbose")
     env = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}
+    from pipeline.tracking import redact
+
+    uri = spec.tracking.uri or env.get("MLFLOW_TRACKING_URI", "")
+    if redact(uri) != uri:
+        raise PipelineError(f"the tracking URI {redact(uri)} holds a password, which a job would show to every "
+                            "Ray Jobs client of the cluster: give the URI without it, and the cluster its own "
+                            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (a secret, as infra/kuberay mounts)")
     jobs = client(address)
     job_id = f"pipeline-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env}

@@ -352,7 +352,13 @@ class Engine:
                     continue
                 state = self.states[unit.name]
                 if unit.key is None:
-                    self.resolve(unit, {n: self.states[n].output for n in unit.needs})
+                    try:
+                        self.resolve(unit, {n: self.states[n].output for n in unit.needs})
+                    except Exception as exc:  # its inputs do not make a unit (an ensemble of one run, say)
+                        pending.remove(unit)
+                        self._ended(unit, "failed", None, str(exc))
+                        ended.add(unit.name)
+                        continue
                 if state.state == "cached":
                     pending.remove(unit)
                     self._ended(unit, "cached", unit.from_run(state.run, self.context) if unit.from_run else {}, "")
@@ -382,6 +388,8 @@ class Engine:
             if not running:
                 if pending and not any(all(n in ended for n in u.needs + u.after) for u in pending):
                     raise RuntimeError(f"units wait on each other: {', '.join(u.name for u in pending)}")
+                if pending:
+                    time.sleep(0.5)  # units wait for the cluster to grow
                 continue
             # A timeout keeps the main thread responsive to signals while units run.
             name, how, output, reason = self._next(timeout=1.0)

@@ -279,3 +279,43 @@ def test_the_kwargs_of_every_shipped_spec_are_accepted():
                 check_model_kwargs(entry["name"], entry["kwargs"])
                 checked += 1
     assert checked >= 5
+
+
+def files_holding(root: Path, secret: bytes) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and secret in path.read_bytes():
+                found.append(str(path))
+        except OSError:
+            continue
+    return found
+
+
+def test_the_tracking_password_reaches_no_worker_log_no_store_and_no_job(tmp_path, login_server):
+    """A training run against a server with logins: the password, given to the driver in its environment,
+    appears in no file of the Ray session (its runtime-env agent logs every worker's environment), in no
+    file of the tracking store or its artifacts, and in nothing printed; a job would not carry it."""
+    port, home = login_server
+    uri = f"http://127.0.0.1:{port}"
+    spec = {"name": "secret", "data": {"name": "synthetic", "synthetic_size": 200}, "models": ["lenet5"],
+            "train": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+            "resources": {"num_workers": 1, "max_failures": 0}, "stages": ["train", "leaderboard"],
+            "storage_path": str(tmp_path / "checkpoints")}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": SENTINEL,
+           "RAY_ADDRESS": ""}
+    result = run_cli("run", "spec.yaml", cwd=tmp_path, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert SENTINEL not in result.stdout + result.stderr
+    session = Path("/tmp/ray/session_latest").resolve()
+    assert (session / "logs").is_dir() and time.time() - session.stat().st_mtime < 900  # this run's session
+    assert files_holding(session, SENTINEL.encode()) == []
+    assert files_holding(home / "artifacts", SENTINEL.encode()) == []
+    assert SENTINEL.encode() not in (home / "mlflow.db").read_bytes()
+    assert files_holding(tmp_path / "checkpoints", SENTINEL.encode()) == []
+    # Submitting it as a Ray Job with the password inside the URI is refused before anything is sent.
+    withheld = run_cli("run", "spec.yaml", "--address", "http://127.0.0.1:9",
+                       "--set", f"tracking.uri=http://admin:{SENTINEL}@127.0.0.1:{port}", cwd=tmp_path)
+    assert withheld.returncode == 2 and "holds a password" in withheld.stderr
+    assert SENTINEL not in withheld.stdout + withheld.stderr
