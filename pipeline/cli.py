@@ -89,8 +89,7 @@ def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[st
     _quiet_mlflow(verbose)
     context = workflow.run(loaded, console, verbose, rerun or [])
     if context.failures:
-        raise PipelineError(f"{len(context.failures)} unit(s) failed: {', '.join(context.failures)} (the reasons are "
-                            f"above and in the runs' 'error' tag; rerun with --verbose for Ray's logs)")
+        raise PipelineError(context.failure_summary())
 
 
 def _quiet_mlflow(verbose: bool) -> None:
@@ -133,7 +132,7 @@ def rerun_run(run_id: str = typer.Argument(..., help="The MLflow run of a unit (
     old, spec, unit = workflow.rebuild(resolve_uri(tracking_uri), run_id, console)
     context = workflow.run(spec, console, verbose, [unit])
     if context.failures:
-        raise PipelineError(f"the rerun of {unit} failed (see above)")
+        raise PipelineError(context.failure_summary())
     new = workflow.result_of(context, unit)
     console.print(workflow.compare_line(old, new))
 

@@ -28,6 +28,7 @@ class RunContext:
     verbose: bool = False
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> model (or unit) -> output
     failures: list[str] = field(default_factory=list)  # unit names
+    failure_reasons: dict[str, str] = field(default_factory=dict)  # unit name -> one-line reason
     display: Any = None  # pipeline.progress.WorkflowDisplay
     spec_yaml: str = ""  # the resolved spec, kept with every run
 
@@ -66,8 +67,16 @@ class RunContext:
                 self._splits[key] = (None if is_streaming(config) else load_splits(config), None)
             return self._splits[key]
 
-    def print(self, text: str) -> None:
-        (self.display or self.console).print(text)
+    def print(self, text: str, **kwargs) -> None:
+        (self.display or self.console).print(text, **kwargs)
+
+    def failure_summary(self) -> str:
+        """What failed and why, on one line."""
+        if len(self.failures) == 1:
+            name = self.failures[0]
+            return f"{name} failed: {self.failure_reasons.get(name, '?')}"
+        return f"{len(self.failures)} units failed: " + "; ".join(
+            f"{name}: {self.failure_reasons.get(name, '?')}" for name in self.failures)
 
 
 @dataclass

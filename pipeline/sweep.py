@@ -157,9 +157,8 @@ def error_reason(trial) -> str:
 class TrialEnds(tune.Callback):
     """Driver side: how each trial ended, on its MLflow run (tag `end`, status, `error`)."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, sweep_key: str, epochs: int, show=None):
+    def __init__(self, tracking_uri: str, experiment_id: str, sweep_key: str, epochs: int):
         self.tracking_uri, self.experiment_id, self.sweep_key, self.epochs = tracking_uri, experiment_id, sweep_key, epochs
-        self.show = show
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         planned = int(trial.config.get("epochs", self.epochs))
@@ -170,11 +169,9 @@ class TrialEnds(tune.Callback):
         self._end(trial, "FAILED", "failed", int((trial.last_result or {}).get("epoch", 0)), error_reason(trial))
 
     def _end(self, trial, status: str, end: str, epochs: int, error: str | None = None) -> None:
-        from rich import print as rich_print
+        from rich import print as show
 
         from pipeline.tracking import Tracker
-
-        show = self.show or rich_print
 
         tracker = Tracker(self.tracking_uri)
         run = find_run(tracker.client, self.experiment_id, TRIAL_KEY, f"{self.sweep_key}/{trial.trial_id}", "trial")
@@ -202,7 +199,7 @@ def mark_orphans_killed(client, experiment_id: str, sweep_key: str) -> int:
     return len(runs)
 
 
-def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool = False, show=None) -> SweepOutcome:
+def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool = False) -> SweepOutcome:
     """Run (or restore and finish) one model's sweep under `<storage>/sweeps/<sweep key>`."""
     if not verbose:  # each trial's end is printed by TrialEnds and kept in MLflow; Tune's own report is noise
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -229,7 +226,7 @@ def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool
             run_config=tune.RunConfig(
                 name=setup.sweep_key, storage_path=f"{storage.rstrip('/')}/sweeps", verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failed trial is recorded, not retried
-                callbacks=[TrialEnds(setup.tracking_uri, setup.experiment_id, setup.sweep_key, epochs, show)]))
+                callbacks=[TrialEnds(setup.tracking_uri, setup.experiment_id, setup.sweep_key, epochs)]))
     results = tuner.fit()
     trials = []
     for result in results:

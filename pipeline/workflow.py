@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline import stages
 from pipeline.config import Spec
@@ -213,7 +214,7 @@ class Engine:
     def resolve_static(self) -> None:
         """Keys and cache states of the units whose identity is known before anything runs."""
         for unit in self.units:
-            if unit.identify is None or not unit.needs:
+            if unit.identify is None or not (unit.needs or unit.after):
                 self.resolve(unit, {})
 
     # --- leases ----------------------------------------------------------------------------------
@@ -348,6 +349,7 @@ class Engine:
                     self.states[unit.name].detail = f"needs {failed[0]}, which did not finish"
                     ended.add(unit.name)
                     context.failures.append(unit.name)
+                    context.failure_reasons[unit.name] = self.states[unit.name].detail
                     context.print(f"[red]{unit.name}[/] skipped: it needs {failed[0]}, which did not finish")
                     continue
                 state = self.states[unit.name]
@@ -414,7 +416,8 @@ class Engine:
             context.display.done(unit.name)
         if how == "failed":
             context.failures.append(unit.name)
-            context.print(f"[bold red]{unit.name} failed:[/] {reason}")
+            context.failure_reasons[unit.name] = reason
+            context.print(f"[bold red]{escape(unit.name)} failed:[/] {escape(reason)}", highlight=False)
             return
         if unit.model:  # a stage of many units: its outputs by model; of one unit: the output itself
             context.outputs.setdefault(unit.stage, {})[unit.model] = output
@@ -604,7 +607,7 @@ def rebuild(uri: str, run_id: str, console) -> tuple[dict[str, Any], Spec, str]:
     stage = run.data.tags.get("stage", unit.partition("/")[0])
     tree["stages"] = [*STAGE_NEEDS.get(stage, []), stage]
     tree.setdefault("tracking", {})["uri"] = uri
-    model = unit.partition("/")[2].partition("[")[0]
+    model = unit.partition("/")[2].partition("#")[0]
     only = [model] if model and tree.get("models") and stage in ("train", "sweep", "retrain") else []
     spec = parse_spec(tree, f"the spec of run {run_id}", only=only)
     recorded = run.data.tags.get(CODE_TAG)

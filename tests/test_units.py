@@ -52,8 +52,8 @@ def test_keys_change_with_what_decides_a_result_and_only_there():
 def test_two_entries_of_one_model_are_two_units_and_identical_ones_one():
     units = plan(spec_tree(models=[{"name": "lenet5", "train": {"lr": 0.003}}, {"name": "lenet5", "train": {"lr": 0.03}},
                                    {"name": "lenet5", "train": {"lr": 0.003}}]))
-    assert [n for n in units if n.startswith("train/")] == ["train/lenet5", "train/lenet5[1]"]
-    assert units["train/lenet5"].key != units["train/lenet5[1]"].key
+    assert [n for n in units if n.startswith("train/")] == ["train/lenet5", "train/lenet5#1"]
+    assert units["train/lenet5"].key != units["train/lenet5#1"].key
 
 
 def test_per_model_resources_override_the_spec_and_are_validated():

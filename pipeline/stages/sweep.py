@@ -80,7 +80,7 @@ def run_unit(job: Job, entry) -> dict[str, Any]:
     context.print(f"[bold]{job.unit.name}[/]: {spec.sweep.num_samples} sample(s), {spec.sweep.search}, "
                   f"scheduler {spec.sweep.scheduler}, {spec.sweep.metric} {spec.sweep.mode}, run {job.run_id}")
     with SWEEP_LOCK:
-        outcome = run_sweep(spec.sweep, setup, storage_of(spec), context.verbose, context.print)
+        outcome = run_sweep(spec.sweep, setup, storage_of(spec), context.verbose)
     killed = mark_orphans_killed(tracker.client, context.experiment_id, key)
     ends = f"{len(outcome.trials)} trial(s), {outcome.trial_epochs} trial-epochs, {outcome.wall_time_s:.0f} s" + \
         (" (resumed)" if outcome.restored else "") + (f", {killed} orphaned run(s) marked killed" if killed else "")

@@ -19,13 +19,13 @@ SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1
 
 def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
     """The spec's distinct model entries, each with a name unique in the spec: the model's, with its place
-    in the list when two entries of one model differ (`lenet5`, `lenet5[1]`). An entry identical to an
+    in the list when two entries of one model differ (`lenet5`, `lenet5#1`). An entry identical to an
     earlier one is the same unit, listed once."""
     seen_names, seen_entries, named = set(), [], []
     for index, entry in enumerate(spec.models):
         if entry in seen_entries:
             continue
-        named.append((entry.name if entry.name not in seen_names else f"{entry.name}[{index}]", entry))
+        named.append((entry.name if entry.name not in seen_names else f"{entry.name}#{index}", entry))
         seen_names.add(entry.name)
         seen_entries.append(entry)
     return named
