@@ -318,12 +318,17 @@ def benchmark_sweep(model: str = "lenet5", samples: int = typer.Option(6, min=2,
 @benchmark_app.command("workflow")
 def benchmark_workflow(size: int = typer.Option(1200, help="Synthetic images per unit."),
                        epochs: int = typer.Option(2, min=1), slots: int = typer.Option(6, min=2, help="Logical CPUs "
-                       "of the simulated cluster."), units: int = typer.Option(12, min=2, help="Its tiny units.")) -> None:
+                       "of the simulated cluster."), units: int = typer.Option(12, min=2, help="Its tiny units."),
+                       part: str = typer.Option("all", help="all, modes (one at a time / concurrent / cached) or "
+                                                "cluster (the simulated cluster).")) -> None:
     """Units one at a time against concurrently, the fixed cost per unit, a cached re-run, and the slot-time
     kept busy on a simulated cluster."""
     from pipeline.benchmark import run_workflow_benchmark
 
-    run_workflow_benchmark(console, size, epochs, slots, units)
+    if part not in ("all", "modes", "cluster"):
+        raise PipelineError(f"unknown part '{part}': use all, modes or cluster")
+    _quiet_mlflow(False)
+    run_workflow_benchmark(console, size, epochs, slots, units, part)
 
 
 AddressOption = typer.Option(os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"), "--address",
