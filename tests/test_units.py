@@ -79,3 +79,25 @@ def test_status_plans_without_ray_or_data_and_writes_nothing(workdir):
     assert result.returncode == 0, result.stderr
     assert "train/lenet5" in result.stdout and "pending" in result.stdout and "2 x (1 CPU)" in result.stdout
     assert not (workdir / "mlflow.db").exists()
+
+
+class Planted:
+    """Stands for a pickle planted in shared checkpoint storage: unpickling it would call a function."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading a checkpoint",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    import torch
+    from ray.train import Checkpoint
+
+    from pipeline.errors import PipelineError
+    from pipeline.train import STATE_FILE, read_state
+
+    torch.save({"model": {}, "epoch": 1, "history": [{"epoch": 1.0}]}, tmp_path / STATE_FILE)
+    assert read_state(Checkpoint.from_directory(str(tmp_path)))["epoch"] == 1  # tensors and plain containers load
+    torch.save({"model": Planted()}, tmp_path / STATE_FILE)
+    with pytest.raises(PipelineError, match="holds more than tensors and plain containers and is not loaded"):
+        read_state(Checkpoint.from_directory(str(tmp_path)))
+    assert "this ran" not in capsys.readouterr().out
