@@ -21,7 +21,7 @@ def epoch_line(m: dict) -> str:
 class WorkflowDisplay:
     """Prints lines for everyone (thread-safe); on a terminal, also a live table of the running units."""
 
-    def __init__(self, console: Console, verbose: bool = False):
+    def __init__(self, console: Console):
         self.console = console
         self.rows: dict[str, dict] = {}
         self._lock = threading.Lock()

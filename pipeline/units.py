@@ -104,4 +104,4 @@ class Unit:
 
     @property
     def slug(self) -> str:
-        return self.name.replace("/", "-").replace("*", "x")
+        return self.name.replace("/", "-")

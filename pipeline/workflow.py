@@ -345,12 +345,8 @@ class Engine:
                     continue
                 if failed := [n for n in unit.needs if self.states[n].state in ("failed", "skipped")]:
                     pending.remove(unit)
-                    self.states[unit.name].state = "skipped"
-                    self.states[unit.name].detail = f"needs {failed[0]}, which did not finish"
+                    self._ended(unit, "skipped", None, f"it needs {failed[0]}, which did not finish")
                     ended.add(unit.name)
-                    context.failures.append(unit.name)
-                    context.failure_reasons[unit.name] = self.states[unit.name].detail
-                    context.print(f"[red]{unit.name}[/] skipped: it needs {failed[0]}, which did not finish")
                     continue
                 state = self.states[unit.name]
                 if unit.key is None:
@@ -414,10 +410,10 @@ class Engine:
         state.state, state.output, state.detail = how, output, reason
         if context.display:
             context.display.done(unit.name)
-        if how == "failed":
+        if how in ("failed", "skipped"):
             context.failures.append(unit.name)
             context.failure_reasons[unit.name] = reason
-            context.print(f"[bold red]{escape(unit.name)} failed:[/] {escape(reason)}", highlight=False)
+            context.print(f"[bold red]{escape(unit.name)} {how}:[/] {escape(reason)}", highlight=False)
             return
         if unit.model:  # a stage of many units: its outputs by model; of one unit: the output itself
             context.outputs.setdefault(unit.stage, {})[unit.model] = output
@@ -524,7 +520,7 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         signal.signal(sig, on_signal)
     status = "FAILED"
     try:
-        with WorkflowDisplay(context.console, verbose) as display:
+        with WorkflowDisplay(context.console) as display:
             context.display = display
             engine.execute(total)
         status = "FAILED" if context.failures else "FINISHED"
