@@ -170,6 +170,7 @@ class SweepConfig(Strict):
     # Per trial; the trial's own driver takes no CPU, so the trials' workers can fill the cluster.
     resources: ResourcesConfig = Field(default_factory=lambda: ResourcesConfig(num_workers=1, max_failures=0))
     retrain_epochs: int | None = Field(None, ge=1)  # retrain stage; default: twice the sweep's epochs
+    models: list[str] | None = None  # names from the spec's models: to sweep (and retrain); default: every model
 
     @field_validator("space")
     @classmethod
@@ -342,7 +343,16 @@ class Spec(Strict):
         if "retrain" in self.stages and "sweep" not in self.stages:
             raise ValueError("stage 'retrain' retrains the sweep's best config, and no stage produces one: "
                              "add stage 'sweep'")
+        names = [entry.name for entry in self.models]
+        for name in (self.sweep.models or []) if self.sweep else []:
+            if name not in names:
+                raise ValueError(f"sweep.models: '{name}' is not in models:{_did_you_mean(name, names)}; "
+                                 f"models: {', '.join(names)}")
         return self
+
+    def swept(self, entry: ModelEntry) -> bool:
+        """Whether the sweep (and retrain) stages take this model entry."""
+        return self.sweep is not None and (self.sweep.models is None or entry.name in self.sweep.models)
 
     @model_validator(mode="after")
     def _models_and_clip_given(self):

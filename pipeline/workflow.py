@@ -430,9 +430,15 @@ class Engine:
         with self._lock:
             held = dict(self.held)
         names = []
+        client = self.context.tracker.client
         for run_id, name in held.items():
             try:
                 self.context.tracker.finish(run_id, "KILLED")
+                # A sweep's trials are child runs written by their trial processes, which end with this driver.
+                for child in client.search_runs([self.context.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
+                                                "and attributes.status = 'RUNNING'"):
+                    client.set_tag(child.info.run_id, "end", "killed")
+                    self.context.tracker.finish(child.info.run_id, "KILLED")
             except Exception:
                 pass
             if name != "workflow":

@@ -49,27 +49,65 @@ def log_predictions(tracker, run_id: str, probs, labels, folder: Path) -> None:
 VENV_BIN = Path(sys.executable).parent
 
 
+class MlflowServer:
+    """A real `mlflow server` over a SQLite store and a local artifact folder, on a port of its own; `stop` and
+    `start` again keep its data and its port (a tracking server restarted mid-run)."""
+
+    def __init__(self, folder: Path, env: dict[str, str]):
+        from pipeline.cluster import free_port
+
+        self.folder, self.env, self.port, self.process = folder, env, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        from pipeline.cluster import http_answers, wait_for
+
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--default-artifact-root", (self.folder / "artifacts").as_uri(), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"], env={**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: http_answers(f"{self.uri}/health"), 120, "the MLflow server")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+
+def clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     """A real two-node Ray cluster on this machine (head and a second node as separate `ray start` processes,
     token auth on; 1 CPU each, the second with resource node2) and an MLflow server, shared by the tests
-    that need a cluster (Ray Jobs, the workflow's concurrent units, resume)."""
-    from pipeline.cluster import LocalCluster, free_port, http_answers, wait_for
+    that need a cluster (Ray Jobs, the workflow's concurrent units, resume, faults)."""
+    from pipeline.cluster import LocalCluster
 
-    tmp_path = tmp_path_factory.mktemp("cluster")
-    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    port = free_port()
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+    env = clean_env()
+    server = MlflowServer(tmp_path_factory.mktemp("cluster"), env).start()
     try:
         with LocalCluster([{"num_cpus": 1}, {"num_cpus": 1, "resources": {"node2": 1}}], env) as ray_cluster:
-            tracking = f"http://127.0.0.1:{port}"
-            wait_for(lambda: http_answers(f"{tracking}/health"), 120, "the MLflow server")
-            yield {"address": ray_cluster.dashboard, "gcs": ray_cluster.gcs, "tracking": tracking,
+            yield {"address": ray_cluster.dashboard, "gcs": ray_cluster.gcs, "tracking": server.uri,
                    "env": ray_cluster.env, "token": ray_cluster.env["RAY_AUTH_TOKEN"]}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=15)
+        server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection suite's table of cases and outcomes (tests/test_faults.py)."""
+    faults = sys.modules.get("test_faults")
+    if not faults or not faults.OUTCOMES:
+        return
+    columns = ["case", "fault", "moment", "fault at s", "exit", "left running", "completion s", "resumed", "cached",
+               "test_loss", "trials re-run", "passed"]
+    terminalreporter.write_sep("-", "fault injection: cases and outcomes")
+    terminalreporter.write_line("| " + " | ".join(columns) + " |")
+    terminalreporter.write_line("|" + "---|" * len(columns))
+    for case in faults.OUTCOMES:
+        cells = [case.name, case.fault, case.moment] + [str(case.outcome.get(c, "")) for c in columns[3:-1]]
+        cells.append("yes" if case.outcome.get("passed") else "NO")
+        terminalreporter.write_line("| " + " | ".join(cells) + " |")

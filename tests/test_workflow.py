@@ -1,20 +1,15 @@
 """Workflows on a real two-node Ray cluster and a real MLflow server: units run concurrently on both
-nodes, a finished spec run again trains nothing, a changed recipe retrains only its unit, a driver killed
-with SIGKILL resumes, and failures and bad requests are one-line messages that lose nothing."""
-import os
-import signal
-import subprocess
-import sys
+nodes, a finished spec run again trains nothing, a changed recipe retrains only its unit, and failures and
+bad requests are one-line messages that lose nothing. Interrupts, kills and resume: tests/test_faults.py."""
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow import MlflowClient
 
 from conftest import run_cli
 
-MODELS = ["resnet20", "plain20", "squeezenet1_1_cifar", "lenet5"]  # the first two admitted train longest
+MODELS = ["resnet20", "plain20"]  # two units of about the same length, one per node
 
 
 def write_spec(workdir: Path, name: str, models, epochs: int = 2, size: int = 400, **extra) -> Path:
@@ -84,7 +79,7 @@ def test_units_run_concurrently_on_both_nodes_then_a_rerun_is_cached(cluster, wo
     again = ok(run_cli("run", spec.name, cwd=workdir, env=env, timeout=300))
     cached_s = time.time() - started
     assert all(f"train/{m} cached" in again.stdout for m in MODELS), again.stdout
-    assert "reused 4 cached unit(s)" in again.stdout
+    assert f"reused {len(MODELS)} cached unit(s)" in again.stdout
     assert {u: [r.info.run_id for r in rs] for u, rs in unit_runs(client, "wf-concurrent").items()} == \
         {u: [r.info.run_id for r in rs] for u, rs in units.items()}
     assert cached_s < 120, cached_s  # generous for a loaded 2-core machine; the benchmark measures it
@@ -93,64 +88,10 @@ def test_units_run_concurrently_on_both_nodes_then_a_rerun_is_cached(cluster, wo
     change = ["--set", "models.plain20.train.lr=0.01"]
     status = ok(run_cli("status", spec.name, *change, cwd=workdir, env=env))
     lines = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if line.count("│") > 4}
-    assert "pending" in lines["train/plain20"] and "cached" in lines["train/lenet5"]
+    assert "pending" in lines["train/plain20"] and "cached" in lines["train/resnet20"]
     ok(run_cli("run", spec.name, *change, cwd=workdir, env=env, timeout=600))
     after = unit_runs(client, "wf-concurrent")
     assert len(after["train/plain20"]) == 2 and all(len(after[f"train/{m}"]) == 1 for m in MODELS if m != "plain20")
-
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (value := check()):
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_sigkill_of_the_driver_resumes_where_it_stopped(cluster, workdir, tmp_path_factory):
-    models = ["lenet5", {"name": "resnet20", "train": {"epochs": 4}}]
-    spec = write_spec(workdir, "wf-resume", models, epochs=2, size=800)
-    client = MlflowClient(cluster["tracking"])
-    env = cli_env(cluster)
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", spec.name], cwd=workdir,
-                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    try:
-        def lenet_done_resnet_mid_run():
-            units = unit_runs(client, "wf-resume")
-            lenet, resnet = units.get("train/lenet5"), units.get("train/resnet20")
-            return lenet and resnet and lenet[0].info.status == "FINISHED" and 1 <= len(epoch_steps(client, resnet[0])) < 4
-        wait_until(lenet_done_resnet_mid_run, 600, "lenet5 finished and resnet20 mid-run")
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    before = unit_runs(client, "wf-resume")
-    killed_at = len(epoch_steps(client, before["train/resnet20"][0]))
-
-    again = ok(run_cli("run", spec.name, cwd=workdir, env=env, timeout=900))
-    assert "train/lenet5 cached" in again.stdout and "train/resnet20 resumed" in again.stdout, again.stdout
-    after = unit_runs(client, "wf-resume")
-    assert [r.info.run_id for r in after["train/lenet5"]] == [r.info.run_id for r in before["train/lenet5"]]
-    [resnet] = after["train/resnet20"]  # resumed inside its own run: no duplicate
-    assert resnet.info.run_id == before["train/resnet20"][0].info.run_id
-    assert epoch_steps(client, resnet) == [1, 2, 3, 4]  # each epoch exactly once
-    assert not runs_of(client, "wf-resume", "attributes.status = 'RUNNING'")  # the dead driver's runs closed
-    assert killed_at >= 1
-
-    # The same spec uninterrupted, in a store of its own, gives the same results: each epoch's random streams
-    # are seeded, so a resumed unit follows the uninterrupted path (exactly, on one CPU worker; 0.5 points allowed
-    # for thread scheduling in the BLAS kernels).
-    reference = tmp_path_factory.mktemp("reference")
-    write_spec(reference, "wf-resume", models, epochs=2, size=800).replace(reference / "spec.yaml")
-    ok(run_cli("run", "spec.yaml", cwd=reference, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{reference}/m.db"},
-               timeout=900))
-    plain = MlflowClient(f"sqlite:///{reference}/m.db")
-    for unit, [run] in unit_runs(plain, "wf-resume").items():
-        resumed = after[unit][0]
-        assert resumed.data.metrics["top1_err"] == pytest.approx(run.data.metrics["top1_err"], abs=0.5), unit
 
 
 def test_a_failing_unit_does_not_stop_the_others_and_bad_requests_are_one_line_errors(cluster, workdir):
@@ -188,32 +129,3 @@ def test_a_failing_unit_does_not_stop_the_others_and_bad_requests_are_one_line_e
                         sweep={"space": {"lr": {"type": "choice", "values": [0.01]}}})
     refused = run_cli("validate", lonely.name, cwd=workdir, env=env)
     assert refused.returncode == 2 and "no stage produces" in refused.stderr
-
-
-def test_ctrl_c_marks_what_ran_killed_and_the_same_command_resumes(cluster, workdir):
-    spec = write_spec(workdir, "wf-interrupt", [{"name": "resnet20", "train": {"epochs": 3}}], size=1500)
-    client = MlflowClient(cluster["tracking"])
-    env = cli_env(cluster)
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", spec.name], cwd=workdir,
-                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        wait_until(lambda: (units := unit_runs(client, "wf-interrupt")) and epoch_steps(client, units["train/resnet20"][0]),
-                   600, "resnet20's first epoch")
-        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the whole process group
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 130, output[-3000:]
-    assert "interrupted (SIGINT): stopped unit(s) train/resnet20" in output and "Run the same command again" in output
-    assert "Traceback" not in output
-    [run] = unit_runs(client, "wf-interrupt")["train/resnet20"]
-    assert run.info.status == "KILLED"
-    assert {r.info.status for r in runs_of(client, "wf-interrupt", "tags.stage = 'workflow'")} == {"KILLED"}
-
-    again = ok(run_cli("run", spec.name, cwd=workdir, env=env, timeout=600))
-    assert "train/resnet20 resumed" in again.stdout
-    [resumed] = unit_runs(client, "wf-interrupt")["train/resnet20"]
-    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
-    assert epoch_steps(client, resumed) == [1, 2, 3]

@@ -24,6 +24,8 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     data = spec.data.model_copy(update={"val_fraction": 0.0})
     units = []
     for name, entry in named_entries(spec):
+        if not spec.swept(entry):
+            continue
         sweep = f"sweep/{name}"
 
         def identify(outputs, entry=entry, sweep=sweep):

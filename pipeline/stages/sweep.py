@@ -45,6 +45,8 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     units = []
     for name, entry in named_entries(spec):
+        if not spec.swept(entry):
+            continue
         identity = {**training_identity(spec, entry, spec.train_config(entry), spec.data),
                     "sweep": spec.sweep.model_dump(mode="json"), "world_size": spec.sweep.resources.num_workers}
         units.append(Unit(
