@@ -389,7 +389,15 @@ def main() -> None:
 
         if not isinstance(exc, Interrupted):  # the workflow has said what it stopped and how to resume
             Console(stderr=True).print("[bold red]interrupted[/]")
-        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
+        code = 128 + getattr(exc, "signum", signal.SIGINT)
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            # A sweep's Tune loop may still run in its unit's thread: the interpreter's exit would shut Ray down
+            # under it, and Ray's core worker then ends the process with code 1. The runs are marked KILLED
+            # already, and a local Ray cluster ends with this process (Ray's fate sharing).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def pytest_terminal_summary(terminalreporter):
     if not faults or not faults.OUTCOMES:
         return
     columns = ["case", "fault", "moment", "fault at s", "exit", "left running", "completion s", "resumed", "cached",
-               "test_loss", "trials re-run", "passed"]
+               "test_loss", "trials kept", "passed"]
     terminalreporter.write_sep("-", "fault injection: cases and outcomes")
     terminalreporter.write_line("| " + " | ".join(columns) + " |")
     terminalreporter.write_line("|" + "---|" * len(columns))

@@ -1,10 +1,6 @@
 """Sweeps on a real local Ray cluster and a real MLflow store: trials as child runs, ASHA, failures,
-the retrain stage, resuming after the driver is killed, and bad input."""
+the retrain stage, and bad input. Interrupted and killed sweeps resume: tests/test_faults.py."""
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,55 +72,6 @@ def test_sweep_trials_are_child_runs_best_config_recorded_failed_trial_does_not_
     board = leaderboard.build(spec.tracking.uri, spec.experiment_name)
     assert [row["run_id"] for row in board.rows] == [retrain.info.run_id]
     assert context.failures == []  # a failed trial does not fail the sweep
-
-
-def _runs(uri: str) -> list:
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("synthetic")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
-def test_killed_driver_resumes_sweep_without_rerunning_finished_trials(workdir):
-    tree = sweep_spec(workdir, max_concurrent_trials=1, scheduler="none")
-    tree["sweep"]["space"]["optimizer"]["values"] = ["adamw", "sgd"]
-    tree["stages"] = ["sweep"]
-    (workdir / "spec.yaml").write_text(yaml.safe_dump(tree))
-    uri = tree["tracking"]["uri"]
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "spec.yaml"], cwd=workdir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:  # kill the driver (and the Ray it started) once the first trial has finished
-        deadline = time.time() + 240
-        while time.time() < deadline and driver.poll() is None:
-            if any(r.data.tags.get("end") == "completed" for r in _runs(uri)):
-                time.sleep(3)  # Tune saves the sweep's state every second
-                break
-            time.sleep(1)
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-    before = {r.data.tags["trial_key"]: r for r in _runs(uri) if r.data.tags.get("stage") == "trial"}
-    done_before = {k for k, r in before.items() if r.data.tags.get("end") == "completed"}
-    assert done_before and len(done_before) < 2
-
-    result = run_cli("run", "spec.yaml", cwd=workdir, timeout=400)
-    assert result.returncode == 0, result.stdout + result.stderr
-    runs = _runs(uri)
-    trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
-    keys = [r.data.tags["trial_key"] for r in trials]
-    assert len(keys) == len(set(keys)) == 2  # no duplicate trial runs
-    assert all(r.info.status == "FINISHED" and r.data.tags["end"] == "completed" for r in trials)
-    client = MlflowClient(uri)
-    for key in done_before:  # the finished trial was not re-run: its epochs were logged once
-        steps = [m.step for m in client.get_metric_history(before[key].info.run_id, "val_loss")]
-        assert sorted(steps) == [1, 2]
-        assert "resumed_from_epoch" not in client.get_run(before[key].info.run_id).data.tags
-    [sweep] = [r for r in runs if r.data.tags.get("stage") == "sweep"]  # the same sweep run, reused
-    assert sweep.info.status == "FINISHED" and "best.lr" in sweep.data.params
-    workflows = [r for r in runs if r.data.tags.get("stage") == "workflow"]
-    assert sorted(r.info.status for r in workflows) == ["FINISHED", "KILLED"]  # the orphan is marked
-    assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
 @pytest.mark.parametrize("sweep, message", [
