@@ -70,8 +70,8 @@ class LocalCluster:
                 self.processes.append(subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL,
                                                        stderr=subprocess.DEVNULL, start_new_session=True))
                 if index == 0:
-                    wait_for(lambda: http_answers(f"{self.dashboard}/api/version"), 120, "the Ray head's dashboard")
-            wait_for(lambda: self.alive_nodes() == len(self.nodes), 120, "every Ray node")
+                    wait_for(lambda: http_answers(f"{self.dashboard}/api/version"), 300, "the Ray head's dashboard")
+            wait_for(lambda: self.alive_nodes() == len(self.nodes), 300, "every Ray node")  # generous: a loaded machine
         except BaseException:
             self.__exit__()
             raise
