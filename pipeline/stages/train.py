@@ -131,14 +131,29 @@ def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, da
         transforms = resolve_transforms(entry.name, train.transforms.model_dump(), shape["image_size"],
                                         shape["in_chans"], mean, std, shape["hflip"])
         mean, std = transforms["mean"], transforms["std"]
-        stream = {**stream, "transforms": transforms,
-                  "train_cpus": resources.num_workers * resources.cpus_per_worker}
+        train_cpus = resources.num_workers * resources.cpus_per_worker
+        check_decode_cpus(train_cpus)
+        stream = {**stream, "transforms": transforms, "train_cpus": train_cpus}
     config = WorkerConfig(
         model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
         num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=mean,
         std=std, hflip=shape["hflip"], threads=threads, splits_ref=shape["splits_ref"],
         stream=stream, label=label, evaluate_test=evaluate_test)
     return config, shape
+
+
+def check_decode_cpus(train_cpus: float) -> None:
+    """A streamed set is decoded by Ray Data tasks of 1 CPU each: with every CPU of the cluster taken by the
+    training workers they would never run, and the workers would wait for data forever."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    if total - train_cpus < 1:
+        raise PipelineError(f"a streamed data set needs CPUs to decode images beside the training workers, but the "
+                            f"workers take {train_cpus:g} of the cluster's {total:g} CPUs: lower "
+                            "resources.cpus_per_worker or num_workers, or add nodes")
 
 
 def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
