@@ -209,3 +209,74 @@ def test_on_a_two_node_cluster_decode_tasks_run_on_both_nodes(shards, tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     check_epochs(ranks, 2)
     assert len(json.loads((tmp_path / "decode_nodes.json").read_text())) == 2
+
+
+def own_train_worker_pids() -> list[int]:
+    """Ray Train workers of this process's local Ray cluster (children of its raylet), not other sessions'."""
+    def parent(pid: str) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker") \
+                    and parent(str(parent(proc.name))) == os.getpid():
+                pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_its_epoch(ray_cluster, workdir):
+    """experiments/imagenet_resnet50.yaml as written (the 90-epoch recipe) with small images, one worker and
+    two epochs on a synthetic set in ImageNet's hub layout; the worker is killed in epoch 2 and the run resumes
+    from epoch 1's checkpoint, logging each epoch once."""
+    import signal
+    import threading
+    import time
+
+    from mlflow import MlflowClient
+    from rich.console import Console
+
+    from pipeline import workflow
+    from pipeline.config import load_spec
+
+    write_jpeg_shards(workdir / "imagenet", "train", 352, 2, (40, 36), 1000)
+    write_jpeg_shards(workdir / "imagenet", "validation", 48, 1, (40, 36), 1000)
+    spec = load_spec(ROOT / "experiments" / "imagenet_resnet50.yaml", overrides=[
+        f"data.path={workdir / 'imagenet'}", "data.image_size=32", "data.val_fraction=0.1", "train.epochs=2",
+        "train.global_batch_size=16", "train.batch_size=8", "train.warmup_epochs=0", "train.precision=fp32",
+        "resources.num_workers=1", "resources.cpus_per_worker=1", "resources.gpus_per_worker=0",
+        f"storage_path={workdir / 'checkpoints'}", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        "stages=[train]"])
+    client = MlflowClient(spec.tracking.uri)
+    killed = []
+
+    def kill_the_worker_in_epoch_two():
+        deadline = time.time() + 400
+        while time.time() < deadline and not killed:
+            experiment = client.get_experiment_by_name(spec.experiment_name)
+            for run in client.search_runs([experiment.experiment_id], "tags.model = 'resnet50'") if experiment else []:
+                if [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1]:
+                    time.sleep(2.5)  # into epoch 2, after Ray Train registered epoch 1's checkpoint
+                    if pids := own_train_worker_pids():
+                        os.kill(pids[-1], signal.SIGKILL)
+                        killed.append(1)
+                        return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_worker_in_epoch_two, daemon=True)
+    killer.start()
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    killer.join(timeout=5)
+    assert not context.failures, context.failure_summary()
+    assert killed, "no worker was killed mid-run"
+    run = client.get_run(context.outputs["train"]["resnet50"]["run_id"])
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed_from_epoch"]) == 1
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2]
+    params = run.data.params
+    # lr 0.1 per 256 images, linearly scaled to the global batch of 16 (8 per step, 2 accumulated).
+    assert params["batch.global_batch"] == "16" and params["batch.grad_accum_steps"] == "2"
+    assert float(params["batch.lr"]) == pytest.approx(0.1 * 16 / 256)
+    assert params["batch.lr_scale_rule"] == "linear" and params["train.optimizer"] == "momentum"
+    assert 0 <= run.data.metrics["top1"] <= 100 and run.data.metrics["epochs"] == 2
