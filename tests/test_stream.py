@@ -185,7 +185,8 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
     from ray.util.state import list_tasks
     nodes = set()
     for _ in range(30):  # task events reach the state API within a few seconds
-        tasks = list_tasks(filters=[("name", "=", "MapBatches(decode_batch)")], limit=10000, raise_on_missing_output=False)
+        tasks = list_tasks(address={dashboard!r}, filters=[("name", "=", "MapBatches(decode_batch)")], limit=10000,
+                           raise_on_missing_output=False)
         nodes = {{t.node_id for t in tasks if t.node_id}}
         if len(nodes) > 1:
             break
@@ -202,7 +203,8 @@ def test_on_a_two_node_cluster_decode_tasks_run_on_both_nodes(shards, tmp_path):
 
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with LocalCluster([{"num_cpus": 3}, {"num_cpus": 3, "resources": {"node2": 1}}], env) as cluster:
-        script = TWO_NODE_SCRIPT.format(tests=str(ROOT / "tests"), gcs=cluster.gcs, shards=str(shards), out=str(tmp_path))
+        script = TWO_NODE_SCRIPT.format(tests=str(ROOT / "tests"), gcs=cluster.gcs, dashboard=cluster.dashboard,
+                                        shards=str(shards), out=str(tmp_path))
         done = subprocess.run([sys.executable, "-c", script], env={**cluster.env, "PYTHONPATH": str(ROOT)},
                               capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -228,9 +230,9 @@ def own_train_worker_pids() -> list[int]:
 
 
 def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_its_epoch(ray_cluster, workdir):
-    """experiments/imagenet_resnet50.yaml as written (the 90-epoch recipe) with small images, one worker and
-    two epochs on a synthetic set in ImageNet's hub layout; the worker is killed in epoch 2 and the run resumes
-    from epoch 1's checkpoint, logging each epoch once."""
+    """experiments/imagenet_resnet50.yaml (the 90-epoch recipe) with small images, one worker and two epochs on
+    a synthetic set in ImageNet's hub layout, Mixup/CutMix and an EMA switched on; the worker is killed in
+    epoch 2 and the run resumes from epoch 1's checkpoint (the EMA's weights with it), logging each epoch once."""
     import signal
     import threading
     import time
@@ -241,14 +243,14 @@ def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_i
     from pipeline import workflow
     from pipeline.config import load_spec
 
-    write_jpeg_shards(workdir / "imagenet", "train", 352, 2, (40, 36), 1000)
-    write_jpeg_shards(workdir / "imagenet", "validation", 48, 1, (40, 36), 1000)
+    write_jpeg_shards(workdir / "imagenet", "train", 240, 2, (40, 36), 1000)
+    write_jpeg_shards(workdir / "imagenet", "validation", 32, 1, (40, 36), 1000)
     spec = load_spec(ROOT / "experiments" / "imagenet_resnet50.yaml", overrides=[
         f"data.path={workdir / 'imagenet'}", "data.image_size=32", "data.val_fraction=0.1", "train.epochs=2",
         "train.global_batch_size=16", "train.batch_size=8", "train.warmup_epochs=0", "train.precision=fp32",
         "resources.num_workers=1", "resources.cpus_per_worker=1", "resources.gpus_per_worker=0",
         f"storage_path={workdir / 'checkpoints'}", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-        "stages=[train]"])
+        "stages=[train]", "train.mixup=0.2", "train.cutmix=1.0", "train.ema_decay=0.9"])
     client = MlflowClient(spec.tracking.uri)
     killed = []
 
@@ -279,4 +281,33 @@ def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_i
     assert params["batch.global_batch"] == "16" and params["batch.grad_accum_steps"] == "2"
     assert float(params["batch.lr"]) == pytest.approx(0.1 * 16 / 256)
     assert params["batch.lr_scale_rule"] == "linear" and params["train.optimizer"] == "momentum"
-    assert 0 <= run.data.metrics["top1"] <= 100 and run.data.metrics["epochs"] == 2
+    metrics = run.data.metrics
+    assert 0 <= metrics["top1"] <= 100 and metrics["epochs"] == 2
+    # Mixup/CutMix trained it; the EMA weights were evaluated beside the raw ones and checkpointed with them.
+    assert 0 <= metrics["val_ema_top1"] <= 100 and 0 <= metrics["ema_top1_err"] <= 100
+    assert len(client.get_metric_history(run.info.run_id, "val_ema_loss")) == 2
+
+
+def test_global_batch_derives_the_per_worker_batch_accumulation_and_scaled_lr():
+    from pipeline.config import TrainConfig, parse_spec
+    from pipeline.stages.train import training_identity
+
+    sgd = TrainConfig(optimizer="momentum", lr=0.1, lr_base_size=256, global_batch_size=1024, batch_size=256)
+    assert sgd.batch_plan(8) == {"micro_batch": 128, "grad_accum_steps": 1, "global_batch": 1024,
+                                 "lr": pytest.approx(0.4), "lr_scale_rule": "linear"}
+    assert sgd.batch_plan(2)["micro_batch"] == 256 and sgd.batch_plan(2)["grad_accum_steps"] == 2
+    assert sgd.batch_plan(1)["grad_accum_steps"] == 4 and sgd.batch_plan(1)["lr"] == pytest.approx(0.4)
+    adam = TrainConfig(optimizer="adamw", lr=1e-3, lr_base_size=512, global_batch_size=2048)
+    assert adam.batch_plan(4)["lr_scale_rule"] == "sqrt" and adam.batch_plan(4)["lr"] == pytest.approx(2e-3)
+    # Without the new fields a spec means what it meant: batch_size per worker, lr as given.
+    plain = TrainConfig(batch_size=64, lr=0.01)
+    assert plain.batch_plan(2) == {"micro_batch": 64, "grad_accum_steps": 1, "global_batch": 128, "lr": 0.01,
+                                   "lr_scale_rule": "none"}
+    with pytest.raises(PipelineError, match="global_batch_size 1024 does not split evenly over 3 workers"):
+        parse_spec({"name": "x", "models": ["lenet5"], "train": {"global_batch_size": 1024},
+                    "resources": {"num_workers": 3}})
+    tree = {"name": "x", "models": ["lenet5"], "train": {"batch_size": 32}}
+    spec = parse_spec(tree)
+    two = training_identity(spec, spec.models[0], spec.train, spec.data)
+    spec = parse_spec({**tree, "train": {"batch_size": 16, "grad_accum_steps": 2}})
+    assert training_identity(spec, spec.models[0], spec.train, spec.data)["global_batch"] == two["global_batch"] == 64
