@@ -411,6 +411,36 @@ class _PieceDataset(torch.utils.data.IterableDataset):
                 yield tf(decode_image(blob, 3, where, self.split.image_column, pil=pil)), label
 
 
+def _decode_rates(split, count: int = 200) -> dict[str, float]:
+    """Decode-only images/s on one thread: PIL against libjpeg-turbo through torchvision.io.decode_jpeg, the
+    same JPEGs, alternated three times (best of each)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.stream import decode_image, read_piece
+
+    blobs = []
+    for piece in range(len(split.pieces)):
+        blobs += read_piece(split, piece, np.arange(split.counts[piece]))["bytes"]
+        if len(blobs) >= count:
+            break
+    decoders = {"PIL": lambda blob: np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")),
+                "decode_jpeg": lambda blob: decode_image(blob, 3, "", "image")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = {name: 0.0 for name in decoders}
+    for _ in range(3):
+        for name, decode in decoders.items():
+            started = time.perf_counter()
+            for blob in blobs[:count]:
+                decode(blob)
+            best[name] = max(best[name], len(blobs[:count]) / (time.perf_counter() - started))
+    torch.set_num_threads(threads)
+    return best
+
+
 def _rate(batches, warmup: int = 2) -> tuple[float, int]:
     """Images/s of an iterator of (images, labels) batches, timed after `warmup` batches."""
     seen, started = 0, None
@@ -445,6 +475,10 @@ def run_data_benchmark(console: Console, images: int = 3000, size: tuple[int, in
     console.print(f"{split.num_rows} images in {len(split.pieces)} pieces; train transform RandomResizedCrop "
                   f"{image_size} + flip; {cores} core(s); batch {batch_size}")
     results = {}
+    decode = _decode_rates(split)
+    console.print(f"decode only, 1 thread: PIL {decode['PIL']:,.0f} images/s, torchvision.io.decode_jpeg "
+                  f"(libjpeg-turbo) {decode['decode_jpeg']:,.0f} images/s")
+    results.update({f"decode_{k}": v for k, v in decode.items()})
     # The old path decodes in the consumer's own thread; it gets the cores as torch threads.
     torch.set_num_threads(cores)
     results["old"], _ = _rate(_legacy_stream(str(root), "train", image_size, batch_size))

@@ -14,7 +14,7 @@ from pipeline.units import Unit, data_fingerprint
 
 # Summary metrics of a training run, logged once at its end under keys of their own (never per epoch).
 SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1_err", "top5", "top5_err",
-                "test_loss", "diverged")
+                "test_loss", "diverged", "ema_top1", "ema_top1_err", "ema_top5_err")
 
 
 def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
