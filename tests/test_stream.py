@@ -311,3 +311,19 @@ def test_global_batch_derives_the_per_worker_batch_accumulation_and_scaled_lr():
     two = training_identity(spec, spec.models[0], spec.train, spec.data)
     spec = parse_spec({**tree, "train": {"batch_size": 16, "grad_accum_steps": 2}})
     assert training_identity(spec, spec.models[0], spec.train, spec.data)["global_batch"] == two["global_batch"] == 64
+
+
+def test_an_image_folder_streams_through_the_same_decode(tmp_path):
+    from PIL import Image
+
+    for label, color in (("cat", 40), ("dog", 200)):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((20, 24, 3), color + i, dtype=np.uint8)).save(tmp_path / "train" / label / f"{i}.jpg")
+    split = describe(str(tmp_path), "train")
+    assert split.kind == "folder" and split.classes == ("cat", "dog") and split.num_rows == 6
+    transform = {"train": False, "size": 16, "in_chans": 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    batch = {"piece": np.array([0]), "skip": np.array([1]), "take": np.array([4]), "epoch": np.array([0])}
+    out = decode_batch(batch, split, transform, 3, None, 0)
+    assert out["image"].shape == (4, 3, 16, 16) and out["id"].tolist() == [1, 2, 3, 4]
+    assert out["label"].tolist() == [0, 0, 1, 1] and out["image"][0].mean() < 80 < out["image"][3].mean()
