@@ -293,6 +293,19 @@ def predict(images: list[str] = typer.Argument(..., help="Image files (PNG, JPEG
         print(f"{path}: " + ", ".join(f"{label} {100 * p:.1f}%" for label, p in labels))
 
 
+@benchmark_app.command("data")
+def benchmark_data(images: int = typer.Option(3000, min=200, help="Synthetic JPEGs written (and streamed)."),
+                   width: int = 400, height: int = 350, image_size: int = typer.Option(224, help="Crop size."),
+                   batch_size: int = 64, cores: Optional[int] = typer.Option(None, help="Default: all."),
+                   folder: Optional[str] = typer.Option(None, help="Keep the shards here (reused when present)."),
+                   model_images: int = typer.Option(640, help="Images per epoch of the ResNet-18 data-wait run.")
+                   ) -> None:
+    """Streaming ingest side by side: the old path, the Ray Data path, a plain DataLoader; and data wait."""
+    from pipeline.benchmark import run_data_benchmark
+
+    run_data_benchmark(console, images, (width, height), image_size, batch_size, cores, folder, model_images)
+
+
 @benchmark_app.command("tracking")
 def benchmark_tracking(model: str = "lenet5", data: str = typer.Option("fashion_mnist", help="A named data set."),
                        batch_size: int = 128, steps: int = typer.Option(40, help="Training steps per epoch."),

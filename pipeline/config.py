@@ -51,9 +51,51 @@ class DataConfig(Strict):
         return self
 
 
+class TransformConfig(Strict):
+    """timm's train and eval transforms of a streamed data set (`timm.data.create_transform`); unset fields take
+    the model's pretrained config (crop_pct, interpolation, mean, std) or timm's defaults."""
+
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
+    hflip: float = Field(0.5, ge=0, le=1)  # where the data set's labels allow flips
+    color_jitter: float = Field(0.0, ge=0)  # brightness/contrast/saturation strength
+    auto_augment: str | None = None  # timm's policy string, e.g. rand-m9-mstd0.5 (RandAugment)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1)  # eval: resize to size / crop_pct, center crop to size
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _policy(cls, policy: str | None) -> str | None:
+        if policy is not None and not policy.startswith(("rand", "augmix", "original", "v0", "3a", "trivial")):
+            raise ValueError(f"unknown auto_augment policy '{policy}': use timm's strings, e.g. rand-m9-mstd0.5, "
+                             "augmix-m5-w4-d2, original, v0, 3a")
+        return policy
+
+
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw", "nadam", "radam", "nadamw", "lamb", "lambw", "adabelief", "adafactor",
+                       "lion", "adan", "laprop", "madgrad", "adopt", "adoptw", "mars")
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)  # per worker
+    batch_size: int = Field(128, ge=1)  # per worker; with global_batch_size: the most one worker fits per step
+    # The batch of one optimizer step over all workers; the per-worker batch is derived from it, with gradient
+    # accumulation when global / workers is more than batch_size. Default: batch_size x workers x grad_accum_steps.
+    global_batch_size: int | None = Field(None, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)  # without global_batch_size: micro-batches per optimizer step
+    # lr is the rate at a global batch of lr_base_size and is scaled to the run's global batch (timm's
+    # --lr-base/--lr-base-size): linear (SGD), sqrt (adaptive optimizers), auto picks by optimizer. None: lr as given.
+    lr_base_size: int | None = Field(None, ge=1)
+    lr_scale: Literal["auto", "linear", "sqrt"] = "auto"
+    transforms: TransformConfig = Field(default_factory=TransformConfig)  # streamed data sets
+    mixup: float = Field(0.0, ge=0)  # Mixup alpha (timm.data.Mixup); 0: off
+    cutmix: float = Field(0.0, ge=0)  # CutMix alpha; 0: off
+    mixup_prob: float = Field(1.0, ge=0, le=1)  # probability a batch is mixed
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1)  # with both on: probability of CutMix instead of Mixup
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # EMA of the weights (timm.utils.ModelEmaV3), e.g. 0.9998
+    compile: bool = False  # torch.compile the model
     optimizer: str = "adamw"  # any timm.optim name
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -61,6 +103,10 @@ class TrainConfig(Strict):
     scheduler: str = "cosine"  # any timm.scheduler name
     warmup_epochs: int = Field(1, ge=0)
     min_lr: float = Field(1e-6, ge=0)
+    # Step schedules (timm's create_scheduler_v2): step: x decay_rate every decay_epochs; multistep: at milestones.
+    decay_epochs: float = Field(90, gt=0)
+    decay_milestones: list[int] = Field(default_factory=lambda: [90, 180, 270])
+    decay_rate: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -82,6 +128,30 @@ class TrainConfig(Strict):
         if name not in known:
             raise ValueError(f"unknown scheduler '{name}'; known: {', '.join(known)}")
         return name
+
+    def batch_plan(self, world_size: int) -> dict[str, Any]:
+        """Per-worker micro-batch, accumulation steps, global batch and the (scaled) learning rate on
+        `world_size` workers. Pure arithmetic, so the driver logs it and the unit key includes it."""
+        if self.global_batch_size is None:
+            micro, accum = self.batch_size, self.grad_accum_steps
+        else:
+            per_worker, rest = divmod(self.global_batch_size, world_size)
+            if rest or not per_worker:
+                raise PipelineError(f"train.global_batch_size {self.global_batch_size} does not split evenly over "
+                                    f"{world_size} workers: make it a multiple of {world_size}")
+            accum = -(-per_worker // self.batch_size)  # the fewest micro-batches that fit batch_size
+            while per_worker % accum:
+                accum += 1
+            micro = per_worker // accum
+        global_batch = micro * accum * world_size
+        lr, rule = self.lr, "none"
+        if self.lr_base_size is not None:
+            rule = self.lr_scale if self.lr_scale != "auto" else \
+                ("sqrt" if self.optimizer in ADAPTIVE_OPTIMIZERS else "linear")
+            ratio = global_batch / self.lr_base_size
+            lr = self.lr * (ratio ** 0.5 if rule == "sqrt" else ratio)
+        return {"micro_batch": micro, "grad_accum_steps": accum, "global_batch": global_batch, "lr": lr,
+                "lr_scale_rule": rule}
 
 
 class ModelEntry(Strict):
@@ -365,8 +435,11 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _overrides_valid(self):
         for entry in self.models:
-            self.train_config(entry)
-            self.resources_for(entry)
+            train = self.train_config(entry)
+            try:
+                train.batch_plan(self.resources_for(entry).num_workers)
+            except PipelineError as exc:
+                raise ValueError(f"models[{entry.name}]: {exc}") from None
         return self
 
     def train_config(self, entry: ModelEntry) -> TrainConfig:

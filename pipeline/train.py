@@ -5,6 +5,7 @@ trains on its shard, DDP averages gradients, rank 0 writes checkpoints and logs 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -38,7 +40,7 @@ class WorkerConfig:
     hflip: bool
     threads: int = 1
     splits_ref: Any = None  # ray.ObjectRef of in-memory Splits; None when the data set streams
-    stream: dict[str, Any] = field(default_factory=dict)  # StreamBatches arguments when it streams
+    stream: dict[str, Any] = field(default_factory=dict)  # StreamedBatches arguments when it streams
     progress: Any = None  # the ray.util.queue.Queue of `fit`'s relay (set by `fit`)
     label: str = ""  # the unit's name in progress events
     evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
@@ -170,13 +172,20 @@ def load_checkpoint() -> dict[str, Any] | None:
     return None if checkpoint is None else read_state(checkpoint)
 
 
+def batch_plan(config: WorkerConfig, world_size: int) -> dict[str, Any]:
+    """Micro-batch, accumulation steps, global batch and scaled lr (`TrainConfig.batch_plan`) of this run."""
+    from pipeline.config import TrainConfig
+
+    return TrainConfig.model_validate(config.train).batch_plan(world_size)
+
+
 def make_batches(config: WorkerConfig, rank: int, world_size: int, device: torch.device):
     """(train, validation, test) batch sources for this worker."""
     import ray
 
-    from pipeline.data.batches import StreamBatches, TensorBatches
+    from pipeline.data.batches import StreamedBatches, TensorBatches
 
-    batch_size, seed = config.train["batch_size"], config.train["seed"]
+    batch_size, seed = batch_plan(config, world_size)["micro_batch"], config.train["seed"]
     if config.splits_ref is not None:
         splits = ray.get(config.splits_ref)
         return (TensorBatches(splits.train, rank, world_size, batch_size, device, seed),
@@ -184,12 +193,12 @@ def make_batches(config: WorkerConfig, rank: int, world_size: int, device: torch
                 TensorBatches(splits.test, rank, world_size, batch_size, device))
     s = config.stream
     every = max(2, round(1 / config.data["val_fraction"])) if config.data["val_fraction"] else 0
-    common = dict(source=s["source"], columns=s["columns"], in_chans=config.in_chans, image_size=s["image_size"],
-                  rank=rank, world_size=world_size, batch_size=batch_size, device=device, seed=seed)
-    train_rows = s["train_rows"] - (s["train_rows"] // every if every else 0)
-    return (StreamBatches(split=s["train_split"], num_rows=train_rows, keep=(every, False) if every else None, **common),
-            StreamBatches(split=s["train_split"], num_rows=0, keep=(every, True), **common) if every else None,
-            StreamBatches(split=s["test_split"], num_rows=0, **common))
+    common = dict(transforms=s["transforms"], rank=rank, world_size=world_size, batch_size=batch_size,
+                  device=device, seed=seed, prefetch_batches=s.get("prefetch_batches", 4),
+                  train_cpus=s.get("train_cpus", 0))
+    return (StreamedBatches(s["train"], (every, "train") if every else None, **common),
+            StreamedBatches(s["train"], (every, "val"), **common) if every else None,
+            StreamedBatches(s["test"], None, **common))
 
 
 def worker_setup(threads: int, train: dict[str, Any]):
@@ -214,8 +223,12 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
     marks = {"loop": time.time()}  # the start-up's parts, reported with the first step
     import ray.train
     import ray.train.torch
+    from timm.data import Mixup
+    from timm.data.mixup import mixup_target
+    from timm.loss import SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
 
     from pipeline.complexity import build_model
 
@@ -225,24 +238,36 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
     train_batches, val_batches, test_batches = make_batches(config, rank, world_size, device)
     marks["data"] = time.time()
-    augment = Augment(config.mean, config.std, config.hflip and config.data["augment"],
-                      config.data["max_shift"] if config.data["augment"] else 0, device, seed=hp.seed + rank)
+    # A streamed set arrives augmented by its Ray Data tasks (timm's transforms); here it is only normalized.
+    in_memory_augment = config.data["augment"] and config.splits_ref is not None
+    augment = Augment(config.mean, config.std, config.hflip and in_memory_augment,
+                      config.data["max_shift"] if in_memory_augment else 0, device, seed=hp.seed + rank)
+    plan = batch_plan(config, world_size)
+    accum, lr = plan["grad_accum_steps"], plan["lr"]
 
     torch.manual_seed(hp.seed)
     model = build_model(config.model, config.num_classes, config.in_chans, **config.model_kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if hp.compile:
+        model.compile()  # in place: the state dict keeps its keys
     # Models that drop whole branches in training (stochastic depth, FractalNet's drop-path) leave
     # parameters without gradients in some steps; they say so with `has_unused_parameters`.
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
         "find_unused_parameters": bool(getattr(model, "has_unused_parameters", False))})
-    optimizer = create_optimizer_v2(unwrap(model), opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
+    optimizer = create_optimizer_v2(unwrap(model), opt=hp.optimizer, lr=lr, weight_decay=hp.weight_decay,
                                     momentum=hp.momentum)
+    ema = ModelEmaV3(unwrap(model), decay=hp.ema_decay) if hp.ema_decay else None
     marks["model"] = time.time()
+    steps = train_batches.steps_per_epoch
+    updates_per_epoch = -(-steps // accum)
     scheduler, _ = create_scheduler_v2(optimizer, sched=hp.scheduler, num_epochs=hp.epochs,
                                        warmup_epochs=hp.warmup_epochs, min_lr=hp.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=train_batches.steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+                                       decay_epochs=hp.decay_epochs, decay_milestones=hp.decay_milestones,
+                                       decay_rate=hp.decay_rate, updates_per_epoch=updates_per_epoch)
+    mixup = Mixup(mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, prob=hp.mixup_prob, switch_prob=hp.mixup_switch_prob,
+                  label_smoothing=hp.label_smoothing, num_classes=config.num_classes) if hp.mixup or hp.cutmix else None
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
 
     start_epoch, history = 0, []
@@ -251,6 +276,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("model_ema") is not None:
+            ema.module.load_state_dict(state["model_ema"])
         start_epoch, history = state["epoch"], state["history"]
     events = Events(config) if rank == 0 else None
     if events and state is not None:
@@ -261,33 +288,52 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
             return None
         return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                **({"model_ema": ema.module.state_dict()} if ema is not None else {}),
                 "epoch": epoch, "history": history, "model_name": config.model, "model_kwargs": config.model_kwargs}
 
-    steps = train_batches.steps_per_epoch
     for epoch in range(start_epoch, hp.epochs):
         model.train()
         # The random streams (augmentation, dropout, drop-path) are seeded per epoch and rank, so a unit
         # resumed from an epoch's checkpoint follows the path an uninterrupted one takes.
         augment.generator.manual_seed(hp.seed * 1_000_003 + epoch * 1009 + rank)
         torch.manual_seed(hp.seed * 1_000_003 + epoch * 1009 + rank)
+        np.random.seed((hp.seed * 1_000_003 + epoch * 1009 + rank) % 2**32)  # timm's Mixup draws from numpy
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         seen = 0
         last_event = started
-        for step, (images, labels) in enumerate(train_batches.epoch(epoch)):
+        waited = 0.0  # time spent waiting for the next batch
+        batches = iter(train_batches.epoch(epoch))
+        for step in range(steps):
+            asked = time.perf_counter()
+            images, labels = next(batches)
+            waited += time.perf_counter() - asked
             inputs = augment.train(images)
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                loss, logits = classification_loss(model, model(inputs), labels, criterion)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step_update(epoch * steps + step + 1)
+            targets = labels
+            if mixup is not None:  # timm's Mixup needs an even batch; an odd last batch gets smoothed targets
+                inputs, targets = mixup(inputs, labels) if len(labels) % 2 == 0 else \
+                    (inputs, mixup_target(labels, config.num_classes, smoothing=hp.label_smoothing))
+            update = (step + 1) % accum == 0 or step + 1 == steps
+            # Gradient accumulation: DDP all-reduces only on the micro-batch that ends an update.
+            sync = model.no_sync() if not update and isinstance(model, nn.parallel.DistributedDataParallel) \
+                else contextlib.nullcontext()
+            with sync:
+                with autocast():
+                    loss, logits = classification_loss(model, model(inputs), targets, criterion)
+                (loss / accum).backward()
+            if update:
+                if hp.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                updates = epoch * updates_per_epoch + step // accum + 1
+                if scheduler is not None:
+                    scheduler.step_update(updates)
+                if ema is not None:
+                    ema.update(unwrap(model), step=updates)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
@@ -302,6 +348,9 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         train_loss, train_correct, train_seen = all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
         val = evaluate(unwrap(model), val_batches.in_order(256), augment, eval_criterion, device, autocast) \
             if val_batches is not None else {}
+        if ema is not None and val_batches is not None:  # the averaged weights, evaluated beside the raw ones
+            val.update({f"ema_{k}": v for k, v in evaluate(ema.module, val_batches.in_order(256), augment,
+                                                              eval_criterion, device, autocast).items()})
         per_epoch_test = {}  # training vs test curves (the ResNet degradation plot); never in sweeps
         if getattr(hp, "eval_test_every_epoch", False) and getattr(config, "evaluate_test", True):
             test_now = evaluate(unwrap(model), test_batches.in_order(256), augment, eval_criterion, device, autocast)
@@ -311,6 +360,7 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
                    "train_top1": train_top1, "train_top1_err": 100 - train_top1,
                    **{f"val_{k}": v for k, v in val.items()}, **per_epoch_test,
                    "samples_per_sec": train_seen / train_time, "epoch_time_s": time.perf_counter() - started,
+                   "data_wait_frac": all_reduce_sum([waited / train_time], device)[0] / world_size,
                    "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
         report(metrics, training_state(epoch + 1))
@@ -334,6 +384,10 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
     if test is not None:
         final.update({"top1": test["top1"], "top1_err": 100 - test["top1"], "top5": test["top5"],
                       "top5_err": 100 - test["top5"], "test_loss": test["loss"]})
+        if ema is not None:
+            ema_test = evaluate(ema.module, test_batches.in_order(256), augment, eval_criterion, device, autocast)
+            final.update({"ema_top1": ema_test["top1"], "ema_top1_err": 100 - ema_test["top1"],
+                          "ema_top5_err": 100 - ema_test["top5"]})
     if not math.isfinite(test["loss"] if test is not None else history[-1]["train_loss"]):
         final["diverged"] = 1.0
     report({**history[-1], **final}, training_state(hp.epochs), extra)

@@ -10,9 +10,9 @@ from PIL import Image
 from pipeline.config import DataConfig
 from pipeline.data import load_splits
 from pipeline.data.augment import Augment, normalize, random_hflip, random_translate
-from pipeline.data.batches import StreamBatches, TensorBatches
+from pipeline.data.batches import TensorBatches
 from pipeline.data.fashion_mnist import DEBIAN_DIR, FILES, load_fashion_mnist
-from pipeline.data.huggingface import count_rows, load_image_tensors
+from pipeline.data.huggingface import load_image_tensors
 from pipeline.data.idx import read_idx
 from pipeline.data.synthetic import make_synthetic
 from pipeline.errors import PipelineError
@@ -171,22 +171,3 @@ def test_named_huggingface_data_set_from_local_parquet(tmp_path, monkeypatch):
                                     val_fraction=0.2))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (48, 12, 12)
     assert splits.classes == ["a", "b", "c"]
-
-
-def test_streaming_shards_split_between_workers_and_hold_out_validation(tmp_path):
-    _write_parquet_shards(tmp_path / "big", "train", 4, 25)
-    assert count_rows(str(tmp_path / "big"), "train") == 100
-    common = dict(source=str(tmp_path / "big"), split="train", columns=("image", "label"), in_chans=1,
-                  image_size=8, world_size=2, batch_size=10, device=torch.device("cpu"))
-    seen = {}
-    for part, keep in (("train", (5, False)), ("val", (5, True))):
-        values = []
-        for rank in range(2):
-            source = StreamBatches(rank=rank, num_rows=80 if part == "train" else 0, keep=keep, **common)
-            values += [int(v) for images, _ in source.in_order(10) for v in images[:, 0, 0, 0]]
-        seen[part] = values
-    assert len(seen["train"]) == 80 and len(seen["val"]) == 20
-    assert sorted(seen["train"] + seen["val"]) == list(range(100))
-    trainer = StreamBatches(rank=0, num_rows=80, keep=(5, False), **common)
-    batches = list(trainer.epoch(0))
-    assert len(batches) == trainer.steps_per_epoch == 4 and batches[0][0].shape == (10, 1, 8, 8)

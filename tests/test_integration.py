@@ -71,11 +71,13 @@ def test_streamed_data_set_trains_through_the_same_loop(ray_cluster, workdir):
                     "image_size": 8, "val_fraction": 0.2}
     tree["models"] = ["lenet5"]
     tree["stages"] = ["train"]
+    tree["resources"]["cpus_per_worker"] = 0.5  # Ray Data's decode tasks take the cluster's other CPU
     spec = parse_spec(tree)
     context = workflow.run(spec, Console(file=open(os.devnull, "w")))
     assert not context.failures and context.data is None  # nothing was loaded into memory
     run = MlflowClient(spec.tracking.uri).get_run(context.outputs["train"]["lenet5"]["run_id"])
     metrics = run.data.metrics
     # 240 training records, every 5th held out: 192 train across 2 workers, batch 32 -> 3 steps each.
+    assert 0 <= metrics["data_wait_frac"] <= 1
     assert metrics["epochs"] == 2 and 0 <= metrics["top1"] <= 100 and metrics["val_loss"] > 0
     assert run.data.tags["dataset"] == "huggingface"

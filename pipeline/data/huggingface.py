@@ -2,27 +2,22 @@
 
 A local folder is read as parquet shards (`<split>-*.parquet` or `<split>/*.parquet`) when it holds
 any, otherwise as an imagefolder (`<split>/<class>/<image>`). Small sets become uint8 tensors once and
-are cached on disk; large ones stream batch by batch, each worker reading its own shards.
+are cached on disk; large ones stream through Ray Data (`pipeline.data.stream`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
+from pipeline.data.stream import parquet_files
 from pipeline.data.tensors import ImageTensors
 from pipeline.errors import PipelineError
 
 CACHE_DIR = Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache" / "vision-pipeline"))
-
-
-def _parquet_files(folder: Path, split: str) -> list[str]:
-    return sorted(str(p) for p in [*folder.glob(f"{split}-*.parquet"), *folder.glob(f"{split}/*.parquet"),
-                                   *folder.glob(f"{split}.parquet")])
 
 
 def open_dataset(source: str, split: str, streaming: bool = False):
@@ -32,7 +27,7 @@ def open_dataset(source: str, split: str, streaming: bool = False):
     folder = Path(source).expanduser()
     try:
         if folder.is_dir():
-            files = _parquet_files(folder, split)
+            files = parquet_files(folder, split)
             if files:
                 return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
             if not (folder / split).is_dir():
@@ -74,19 +69,6 @@ def decode_images(images, in_chans: int, image_size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def count_rows(source: str, split: str) -> int:
-    """Number of records of a split without reading it: parquet footers, or the hub's split info."""
-    folder = Path(source).expanduser()
-    if folder.is_dir() and (files := _parquet_files(folder, split)):
-        import pyarrow.parquet as pq
-
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    info = open_dataset(source, split, streaming=True).info
-    if info.splits and split in info.splits:
-        return info.splits[split].num_examples
-    raise PipelineError(f"cannot tell the size of '{source}' split '{split}': use parquet shards or a hub data set with split info")
-
-
 def load_image_tensors(source: str, split: str, image_column: str, label_column: str, in_chans: int,
                        image_size: int, mean, std, hflip: bool, classes: list[str] | None = None) -> ImageTensors:
     """Load a whole split as tensors, once: later calls read the cached tensors."""
@@ -103,27 +85,3 @@ def load_image_tensors(source: str, split: str, image_column: str, label_column:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         torch.save((images, labels, cached_classes), cache_file)
     return ImageTensors(images, labels, classes or cached_classes, tuple(mean), tuple(std), hflip, name=source)
-
-
-def stream_batches(source: str, split: str, image_column: str, label_column: str, in_chans: int,
-                   image_size: int, batch_size: int, rank: int, world_size: int, epoch: int,
-                   seed: int = 0, shuffle: bool = True,
-                   keep: tuple[int, bool] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images, labels) batches of this worker's part of a sharded data set.
-
-    keep=(k, True) keeps only every k-th record of the split, keep=(k, False) all the others.
-    """
-    from datasets.distributed import split_dataset_by_node
-
-    dataset = open_dataset(source, split, streaming=True)
-    _check_columns(dataset.features or {image_column: None, label_column: None}, image_column, label_column, source)
-    if keep is not None:
-        every, held_out = keep
-        dataset = dataset.filter(lambda _, index: (index % every == 0) == held_out, with_indices=True)
-    dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
-    if shuffle:
-        dataset = dataset.shuffle(seed=seed, buffer_size=1000)
-        dataset.set_epoch(epoch)
-    for batch in dataset.iter(batch_size=batch_size):
-        yield (decode_images(batch[image_column], in_chans, image_size),
-               torch.as_tensor(batch[label_column], dtype=torch.long))

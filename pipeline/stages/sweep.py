@@ -73,7 +73,7 @@ def run_unit(job: Job, entry) -> dict[str, Any]:
     tracker.client.set_tag(job.run_id, "family", family_of(entry.name))
     tracker.client.set_tag(job.run_id, "dataset", spec.data.name)
     worker, _ = worker_config(context, entry, spec.train_config(entry), spec.data, spec.sweep.resources.threads,
-                              job.unit.name, evaluate_test=False)
+                              job.unit.name, evaluate_test=False, resources=spec.sweep.resources)
     setup = TrialSetup(
         worker=worker, base_train=base_train, resources=spec.sweep.resources, tracking_uri=tracker.uri,
         experiment_id=context.experiment_id, sweep_run_id=job.run_id, sweep_key=key,

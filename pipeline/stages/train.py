@@ -14,7 +14,7 @@ from pipeline.units import Unit, data_fingerprint
 
 # Summary metrics of a training run, logged once at its end under keys of their own (never per epoch).
 SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1_err", "top5", "top5_err",
-                "test_loss", "diverged")
+                "test_loss", "diverged", "ema_top1", "ema_top1_err", "ema_top5_err")
 
 
 def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
@@ -32,9 +32,11 @@ def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
 
 
 def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
-    """What decides a training run's result: model, recipe, data, world size (hence the global batch)."""
+    """What decides a training run's result: model, recipe, data, world size and the global batch."""
+    world_size = spec.resources_for(entry).num_workers
     return {"model": entry.name, "kwargs": entry.kwargs, "train": train.model_dump(mode="json"),
-            "data": data_fingerprint(data), "world_size": spec.resources_for(entry).num_workers}
+            "data": data_fingerprint(data), "world_size": world_size,
+            "global_batch": train.batch_plan(world_size)["global_batch"]}
 
 
 def finished_output(run, context: RunContext | None = None) -> dict[str, Any]:
@@ -107,24 +109,51 @@ def data_shape(context: RunContext, data: DataConfig) -> dict[str, Any]:
                 "splits_ref": context.splits_ref(data), "stream": {}, "test_labels": splits.test.labels}
     in_chans = data.in_chans or info.in_chans or 3
     image_size = data.image_size or info.image_size or 224
-    stream = stream_args(data, info, image_size)
+    stream = stream_args(data, info)
     mean, std = normalization(data, in_chans)
     return {"in_chans": in_chans, "image_size": image_size, "classes": stream["classes"], "mean": mean, "std": std,
             "hflip": info.hflip, "splits_ref": None, "stream": stream, "test_labels": None}
 
 
 def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
-                  label: str, evaluate_test: bool = True):
-    """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks)."""
+                  label: str, evaluate_test: bool = True, resources=None):
+    """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks); `resources`
+    are the run's (default: the spec's for the entry), which fix the world size of the global batch."""
     from pipeline.train import WorkerConfig
 
     shape = data_shape(context, data)
+    if resources is None:
+        resources = context.spec.resources_for(entry) if entry in context.spec.models else context.spec.resources
+    mean, std, stream = tuple(shape["mean"]), tuple(shape["std"]), shape["stream"]
+    if stream:  # timm's transforms for this model, run by the stream's Ray Data tasks
+        from pipeline.data.transforms import resolve_transforms
+
+        transforms = resolve_transforms(entry.name, train.transforms.model_dump(), shape["image_size"],
+                                        shape["in_chans"], mean, std, shape["hflip"])
+        mean, std = transforms["mean"], transforms["std"]
+        train_cpus = resources.num_workers * resources.cpus_per_worker
+        check_decode_cpus(train_cpus)
+        stream = {**stream, "transforms": transforms, "train_cpus": train_cpus}
     config = WorkerConfig(
         model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
-        num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=tuple(shape["mean"]),
-        std=tuple(shape["std"]), hflip=shape["hflip"], threads=threads, splits_ref=shape["splits_ref"],
-        stream=shape["stream"], label=label, evaluate_test=evaluate_test)
+        num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=mean,
+        std=std, hflip=shape["hflip"], threads=threads, splits_ref=shape["splits_ref"],
+        stream=stream, label=label, evaluate_test=evaluate_test)
     return config, shape
+
+
+def check_decode_cpus(train_cpus: float) -> None:
+    """A streamed set is decoded by Ray Data tasks of 1 CPU each: with every CPU of the cluster taken by the
+    training workers they would never run, and the workers would wait for data forever."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    if total - train_cpus < 1:
+        raise PipelineError(f"a streamed data set needs CPUs to decode images beside the training workers, but the "
+                            f"workers take {train_cpus:g} of the cluster's {total:g} CPUs: lower "
+                            "resources.cpus_per_worker or num_workers, or add nodes")
 
 
 def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
@@ -136,12 +165,13 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
 
     context, spec, tracker, unit = job.context, job.spec, job.tracker, job.unit
     resources = unit.resources
-    config, shape = worker_config(context, entry, train, data, resources.threads, unit.name)
+    config, shape = worker_config(context, entry, train, data, resources.threads, unit.name, resources=resources)
     complexity = model_complexity(entry.name, len(shape["classes"]), shape["in_chans"], shape["image_size"],
                                   **entry.kwargs)
     tracker.log(job.run_id, complexity if not job.resumed else {}, params=None if job.resumed else {
         "model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(), "data": data.model_dump(),
-        "resources": resources.model_dump(), "seed": train.seed, "epochs": train.epochs})
+        "resources": resources.model_dump(), "seed": train.seed, "epochs": train.epochs,
+        "batch": train.batch_plan(resources.num_workers)})
     for key, value in {"family": family_of(entry.name), "dataset": data.name, "paper_year": paper_year(entry.name),
                        "accelerator": accelerator(resources), "model": entry.name}.items():
         tracker.client.set_tag(job.run_id, key, value)
@@ -162,16 +192,15 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
     return {"run_id": job.run_id, "metrics": result.metrics}
 
 
-def stream_args(data: DataConfig, info, image_size: int) -> dict[str, Any]:
-    from pipeline.data.huggingface import count_rows, open_dataset
+def stream_args(data: DataConfig, info) -> dict[str, Any]:
+    """The streamed splits, described once by the driver (files, pieces, row counts; the first image decoded)."""
+    from pipeline.data.stream import describe
 
     source = data.path or info.hub_id
-    label_column = data.label_column or info.label_column
-    features = open_dataset(source, data.train_split, streaming=True).features or {}
-    names = getattr(features.get(label_column), "names", None)
-    if not (names or info.classes):
-        raise PipelineError(f"data set '{source}' has no class names on its label column '{label_column}': "
+    columns = (data.image_column or info.image_column, data.label_column or info.label_column)
+    train = describe(source, data.train_split, *columns)
+    test = describe(source, data.test_split, *columns)
+    if not (train.classes or info.classes):
+        raise PipelineError(f"data set '{source}' has no class names on its label column '{columns[1]}': "
                             "use a ClassLabel column")
-    return {"source": source, "train_split": data.train_split, "test_split": data.test_split,
-            "columns": (data.image_column or info.image_column, label_column), "image_size": image_size,
-            "train_rows": count_rows(source, data.train_split), "classes": list(names or info.classes)}
+    return {"train": train, "test": test, "classes": list(train.classes or info.classes)}
