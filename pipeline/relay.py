@@ -78,6 +78,8 @@ class RunWriter:
         kind = event["kind"]
         if kind == "epoch":
             self.epoch(event["metrics"])
+        elif kind == "system":  # a node's CPU, memory and GPU use (pipeline.system_metrics)
+            self.tracker.log(self.run_id, event["metrics"], step=int(event["step"]))
         elif kind == "resumed":
             self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(event["epoch"]))
         elif kind == "first_step":
