@@ -164,8 +164,15 @@ def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: i
     console.print(f"system metrics: [bold]{100 * system_cost:+.1f}%[/] step time against tracking on; the spread "
                   f"of tracking on alone across repeats is {100 * noise:.1f}%"
                   + (" (the cost is within it)" if abs(system_cost) <= noise else ""))
+    from pipeline.system_metrics import SAMPLE_EVERY_S, sample_cost_us
+
+    costs = sample_cost_us()
+    per_sample = statistics.median(costs)
+    console.print(f"one sample of the node's monitors: {per_sample:.0f} us of CPU (median of {len(costs)} rounds, "
+                  f"{min(costs):.0f}-{max(costs):.0f} us), {100 * per_sample / (SAMPLE_EVERY_S * 1e6):.4f}% of a core "
+                  f"at one sample per {SAMPLE_EVERY_S:g} s")
     return {"off_ms": medians["off"], "on_ms": medians["on"], "system_ms": medians["system"], "ratio": ratio,
-            "system_cost": system_cost, "noise": noise, "per_repeat": step_ms}
+            "system_cost": system_cost, "noise": noise, "per_repeat": step_ms, "sample_us": per_sample}
 
 
 def run_sweep_benchmark(model: str, samples: int, epochs: int, limit_train: int, console: Console) -> dict:

@@ -39,19 +39,20 @@ class Sampler:
                  report_every_s: float = REPORT_EVERY_S):
         self.send, self.node = send, node
         self.sample_every_s, self.report_every_s = sample_every_s, report_every_s
-        self.monitors = monitors()
+        self.monitors: list = []  # made in the thread: importing MLflow does not hold up training
         self.started = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="system-metrics")
 
     def start(self) -> "Sampler":
-        for monitor in self.monitors:  # psutil's first cpu_percent() is a baseline, not a reading
-            monitor.collect_metrics()
-            monitor.clear_metrics()
         self._thread.start()
         return self
 
     def _run(self) -> None:
+        self.monitors = monitors()
+        for monitor in self.monitors:  # psutil's first cpu_percent() is a baseline, not a reading
+            monitor.collect_metrics()
+            monitor.clear_metrics()
         last_report = time.time()
         while not self._stop.wait(self.sample_every_s):
             for monitor in self.monitors:
@@ -73,7 +74,7 @@ class Sampler:
     def stop(self) -> None:
         """The last samples, reported (a run shorter than a sampling interval gets one reading)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=30)
         for monitor in self.monitors:
             monitor.collect_metrics()
         self._report()
@@ -89,3 +90,20 @@ def start_for_worker(send: Callable[..., None] | None, enabled: bool) -> Sampler
     if context.get_local_rank() != 0:
         return None
     return Sampler(send, context.get_node_rank()).start()
+
+
+def sample_cost_us(samples: int = 2000, rounds: int = 5) -> list[float]:
+    """CPU microseconds one sample of this node's monitors takes, per round of `samples` (process CPU time,
+    so that other load on the machine does not count)."""
+    found = monitors()
+    costs = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(samples):
+            for monitor in found:
+                monitor.collect_metrics()
+        for monitor in found:
+            monitor.aggregate_metrics()
+            monitor.clear_metrics()
+        costs.append((time.process_time() - started) / samples * 1e6)
+    return costs

@@ -51,7 +51,9 @@ def test_spec_runs_end_to_end(ray_cluster, workdir):
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_top1")) == [1, 2]
         assert run.data.tags["family"] and run.data.tags["dataset"] == "synthetic"
         model_id = model_of_run(client, run.info.run_id)  # the run's LoggedModel holds the weights
-        assert {"model.pt", "model.json", "MLmodel"} <= {a.path for a in client.list_logged_model_artifacts(model_id)}
+        assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model_id)}
+        assert {"artifacts/model.pt", "artifacts/model.json"} <= \
+            {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
     weights, _ = download_model_files(Tracker(spec.tracking.uri), model_of_run(client, runs["lenet5"].info.run_id),
                                       workdir / "weights")
     assert any(k.endswith("weight") for k in torch.load(weights, weights_only=True))

@@ -110,7 +110,8 @@ def test_pipeline_logs_to_the_team_server_with_credentials_from_the_environment(
     from pipeline.logged_models import model_of_run
 
     model_id = model_of_run(client, run_id)  # the run's LoggedModel, its files through the server
-    assert {"model.pt", "model.json"} <= {a.path for a in client.list_logged_model_artifacts(model_id)}
+    assert {"artifacts/model.pt", "artifacts/model.json"} <= \
+        {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
     assert list((home / "server" / "artifacts").rglob("model.pt"))  # stored by the server's artifact store
     board = leaderboard.build(url, "team-board")
     assert [r["model"] for r in board.rows] == ["lenet5"] and board.ui_url == url
