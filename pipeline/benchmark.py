@@ -99,11 +99,14 @@ def run_benchmark(model: str, data_name: str, batch_size: int, steps: int, epoch
 
 def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: int, epochs: int, threads: int,
                            repeats: int, console: Console) -> dict[str, float]:
-    """Training-step time of the pipeline's path with MLflow logging on and off, interleaved `repeats` times.
+    """Training-step time of the pipeline's path with MLflow logging off, on, and on with system metrics
+    (each node's CPU, memory and GPU use sampled on the workers), interleaved `repeats` times.
 
-    Rank 0 sends its events through the relay; this process writes one `log_batch` request per epoch;
-    this measures what that costs the steps (median over repeats of the steady-state epochs).
+    Rank 0 sends its events through the relay; this process writes one `log_batch` request per epoch (and
+    one per system-metrics report); this measures what that costs the steps: per mode, the median over
+    repeats of each run's median steady-state step time, with the spread (min to max, standard deviation).
     """
+    import dataclasses
     import statistics
 
     from pipeline.cluster import init_ray
@@ -126,15 +129,16 @@ def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: i
     tracker = Tracker(f"sqlite:///{os.path.abspath('.pipeline/benchmark/mlflow.db')}")
     os.makedirs(".pipeline/benchmark", exist_ok=True)
     experiment = tracker.experiment_id("benchmark-tracking")
+    modes = ("off", "on", "system")
     console.print(f"{model}, {data_name}: {steps} steps of batch {batch_size} per epoch, {epochs} epochs, "
-                  f"{threads} CPU thread(s), {repeats} x (tracking off, tracking on)")
-    step_ms: dict[str, list[float]] = {"off": [], "on": []}
+                  f"{threads} CPU thread(s), {repeats} x (tracking off, on, on + system metrics), order rotated")
+    step_ms: dict[str, list[float]] = {mode: [] for mode in modes}
     for repeat in range(repeats):
-        for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):  # alternate to cancel order effects
+        for mode in modes[repeat % 3:] + modes[:repeat % 3]:  # rotate to cancel order effects
             run_id = tracker.start_run(experiment, f"{model}-{mode}", tags={"stage": "benchmark"}) \
-                if mode == "on" else None
-            result = fit(config, spec.resources, os.path.abspath(spec.storage_path),
-                         f"benchmark-tracking-{int(time.time())}-{repeat}-{mode}",
+                if mode != "off" else None
+            result = fit(dataclasses.replace(config, system_metrics=mode == "system"), spec.resources,
+                         os.path.abspath(spec.storage_path), f"benchmark-tracking-{int(time.time())}-{repeat}-{mode}",
                          on_event=RunWriter(tracker, run_id) if run_id else None)
             if result.error:
                 raise result.error
@@ -143,17 +147,33 @@ def run_tracking_benchmark(model: str, data_name: str, batch_size: int, steps: i
             history = read_state(result.checkpoint)["history"]
             rates = [h["samples_per_sec"] for h in history[1:]]  # the first epoch is warm-up
             step_ms[mode].append(1000 * batch_size / statistics.median(rates))
-    off, on = statistics.median(step_ms["off"]), statistics.median(step_ms["on"])
-    table = Table(title="Training-step time, MLflow tracking off and on (steady-state epochs)")
-    table.add_column("tracking")
-    table.add_column("median ms/step", justify="right")
-    table.add_column("per repeat", justify="left")
-    for mode, value in (("off", off), ("on (per-epoch log_batch)", on)):
-        table.add_row(mode, f"{value:.2f}", ", ".join(f"{v:.2f}" for v in step_ms[mode.split()[0]]))
+    medians = {mode: statistics.median(values) for mode, values in step_ms.items()}
+    table = Table(title="Training-step time: MLflow tracking off, on, on + system metrics (steady-state epochs)")
+    for column, justify in (("tracking", "left"), ("median ms/step", "right"), ("min-max", "right"),
+                            ("stdev", "right"), ("per repeat", "left")):
+        table.add_column(column, justify=justify)
+    labels = {"off": "off", "on": "on (per-epoch log_batch)", "system": "on + system metrics"}
+    for mode, values in step_ms.items():
+        table.add_row(labels[mode], f"{medians[mode]:.2f}", f"{min(values):.2f}-{max(values):.2f}",
+                      f"{statistics.stdev(values):.2f}" if len(values) > 1 else "-",
+                      ", ".join(f"{v:.2f}" for v in values))
     console.print(table)
-    ratio = off / on
+    ratio = medians["off"] / medians["on"]
+    system_cost = medians["system"] / medians["on"] - 1
+    noise = (max(step_ms["on"]) - min(step_ms["on"])) / medians["on"]
     console.print(f"ratio (step time off / on): [bold]{ratio:.3f}[/] (target >= 0.98)")
-    return {"off_ms": off, "on_ms": on, "ratio": ratio}
+    console.print(f"system metrics: [bold]{100 * system_cost:+.1f}%[/] step time against tracking on; the spread "
+                  f"of tracking on alone across repeats is {100 * noise:.1f}%"
+                  + (" (the cost is within it)" if abs(system_cost) <= noise else ""))
+    from pipeline.system_metrics import SAMPLE_EVERY_S, sample_cost_us
+
+    costs = sample_cost_us()
+    per_sample = statistics.median(costs)
+    console.print(f"one sample of the node's monitors: {per_sample:.0f} us of CPU (median of {len(costs)} rounds, "
+                  f"{min(costs):.0f}-{max(costs):.0f} us), {100 * per_sample / (SAMPLE_EVERY_S * 1e6):.4f}% of a core "
+                  f"at one sample per {SAMPLE_EVERY_S:g} s")
+    return {"off_ms": medians["off"], "on_ms": medians["on"], "system_ms": medians["system"], "ratio": ratio,
+            "system_cost": system_cost, "noise": noise, "per_repeat": step_ms, "sample_us": per_sample}
 
 
 def run_sweep_benchmark(model: str, samples: int, epochs: int, limit_train: int, console: Console) -> dict:

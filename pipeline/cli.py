@@ -144,8 +144,10 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
                 tag: Optional[list[str]] = typer.Option(None, "--tag", help="Only runs with tag KEY=VALUE "
                                                                             "(repeatable)."),
                 compare: Optional[str] = typer.Option(None, "--compare", help="Another experiment, side by side."),
+                publish: bool = typer.Option(False, "--publish", help="Also write it into the experiment's "
+                                             "description in the MLflow UI."),
                 tracking_uri: Optional[str] = TrackingOption) -> None:
-    """The best run per model, ranked by test top-1 error."""
+    """The best run per model, ranked by test top-1 error (nothing is selected on it)."""
     from pipeline import leaderboard as board
 
     if fmt not in board.FORMATS:
@@ -157,24 +159,34 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
         board.show_comparison(built, board.build(uri, compare, family, tags), fmt, console)
     else:
         board.show(built, fmt, console)
+    if publish:
+        board.publish(uri, experiment)
+        console.print(f"published to the description of experiment '{experiment}': "
+                      f"{board.models_url(built)}", highlight=False)
 
 
 @app.command()
 def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "127.0.0.1",
+       experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Only this experiment's links."),
        tracking_uri: Optional[str] = TrackingOption) -> None:
-    """Serve the MLflow UI for the same tracking store."""
-    from pipeline.leaderboard import ui_url
+    """Serve the MLflow UI for the same tracking store; print where each experiment's models and latest
+    workflow run are."""
+    from pipeline.leaderboard import ui_links, ui_url
     from pipeline.tracking import redact, resolve_uri, sqlite_path
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        console.print(f"The tracking store is a server: open {ui_url(uri)}")
+        console.print(f"The tracking store is a server: open {ui_url(uri)}", highlight=False)
+        for line in ui_links(uri, ui_url(uri), experiment):
+            console.print(line, highlight=False, soft_wrap=True)
         return
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port), "--workers", "1"]
     if (db := sqlite_path(uri)) is not None:
         command += ["--default-artifact-root", (db.parent / "mlartifacts").as_uri()]
     console.print(f"MLflow UI: http://{host}:{port}  (store {redact(uri)}; Ctrl-C stops it)")
+    for line in ui_links(uri, f"http://{host}:{port}", experiment):
+        console.print(line, highlight=False, soft_wrap=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
         subprocess.run(command, env=env, check=False)
@@ -271,12 +283,13 @@ def register(experiment: str = typer.Option(..., "--experiment", "-e", help="MLf
              name: Optional[str] = typer.Option(None, "--name", help="Registered model name (default: the "
                                                 "experiment's)."),
              tracking_uri: Optional[str] = TrackingOption) -> None:
-    """Register the leaderboard's best model in the MLflow Model Registry with the alias `champion`."""
+    """Register the model with the lowest validation error in the MLflow Model Registry, alias `champion`."""
     from pipeline.registry import register_champion
 
     done = register_champion(checked_tracking_uri(tracking_uri), experiment, name)
     console.print(f"{done['uri']} = {done['name']} version {done['version']}: {done['model']} "
-                  f"(top-1 error {done['top1_err']:.2f}%, run {done['run_id']})")
+                  f"(chosen by validation top-1 error {done['val_top1_err']:.2f}%; test {done['top1_err']:.2f}%; "
+                  f"models:/{done['model_id']}, run {done['run_id']})")
 
 
 @app.command()
@@ -311,8 +324,9 @@ def benchmark_tracking(model: str = "lenet5", data: str = typer.Option("fashion_
                        batch_size: int = 128, steps: int = typer.Option(40, help="Training steps per epoch."),
                        epochs: int = typer.Option(4, min=2, help="Epochs; the first is warm-up."),
                        threads: int = typer.Option(1, min=1, help="CPU threads."),
-                       repeats: int = typer.Option(2, min=1, help="Interleaved (off, on) pairs.")) -> None:
-    """Training-step time with MLflow tracking on and off, side by side."""
+                       repeats: int = typer.Option(3, min=1, help="Rounds of (off, on, on + system metrics), "
+                                                   "order rotated.")) -> None:
+    """Training-step time with MLflow tracking off, on, and on with system metrics, side by side."""
     from pipeline.benchmark import run_tracking_benchmark
 
     run_tracking_benchmark(model, data, batch_size, steps, epochs, threads, repeats, console)

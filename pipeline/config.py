@@ -365,6 +365,7 @@ class EnsembleConfig(Strict):
 class TrackingConfig(Strict):
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
     experiment: str | None = None  # default: the data set's name
+    system_metrics: bool = True  # each node's CPU, memory (and GPU) use in the training runs
 
 
 # Stages that run without a models: list.

@@ -1,4 +1,8 @@
-"""ILSVRC-style leaderboard from MLflow: the best run per model, ranked by test top-1 error."""
+"""ILSVRC-style leaderboard from MLflow: the best run per model, ranked by test top-1 error.
+
+The ranking reports; it selects nothing. What picks runs (ensemble members, the registered champion) reads
+their validation error through `by_validation`, never the test figures shown here.
+"""
 from __future__ import annotations
 
 import csv
@@ -15,6 +19,12 @@ FORMATS = ("table", "markdown", "csv")
 # Runs that compete on the leaderboard (sweep trials do not: their best config is retrained).
 LEADERBOARD_STAGES = ("train", "retrain", "zero_shot", "linear_probe", "ensemble")
 METRICS = ("top1", "top1_err", "top5", "top5_err", "param_count", "gmacs", "train_samples_per_sec")
+# Validation metrics of a run (the train stage's), and of a retrained sweep winner (its sweep's best trial's).
+VALIDATION = ("val_top1_err", "best_val_top1_err", "best_epoch", "val_loss", "sweep_val_top1_err")
+SELECTION_KINDS = ("train", "retrain")  # runs of one network, which selection chooses among
+FOOTNOTE = ("Ranked by test top-1 error, for reporting only: nothing is selected on it. Ensemble members and the "
+            "registered champion are chosen by validation error (val_top1_err; a retrained sweep winner by its "
+            "sweep's best, sweep_val_top1_err).")
 # The default address of `pipeline ui`, where runs of an embedded store are browsed.
 LOCAL_UI = "http://127.0.0.1:5000"
 
@@ -27,12 +37,15 @@ class Leaderboard:
     experiment_id: str = ""
     ui_url: str = LOCAL_UI
     references: list[dict] = field(default_factory=list)  # published results shown beside ours
+    runs: list[dict] = field(default_factory=list)  # every leaderboard run, not only each model's best
 
     @property
     def columns(self) -> list[str]:
         """COLUMNS, plus `kind` when not every row is a plain training run, `diverged` when a run did and
         `sweep` when a row has one."""
         columns = list(COLUMNS)
+        if any(r.get("val_top1_err") is not None for r in self.rows):
+            columns.insert(columns.index("top5_err") + 1, "val_top1_err")
         if any(r.get("diverged") for r in self.rows):
             columns.insert(1, "diverged")
         if self.references or any(r["kind"] != "train" for r in self.rows):
@@ -70,6 +83,7 @@ def _row(run) -> dict:
         "kind": tags.get("stage", "train"),
         "diverged": metrics.get("diverged", 0) >= 1,  # logged by training when the loss is NaN or infinite
         **{key: metrics.get(key) for key in METRICS},
+        **{key: metrics.get(key) for key in VALIDATION},
         "family": tags.get("family", ""),
         "year": _number(tags.get("paper_year"), int),
         "accelerator": tags.get("accelerator", ""),
@@ -94,6 +108,35 @@ def best_per_model(rows: list[dict]) -> list[dict]:
     for row in sorted(rows, key=key):
         best.setdefault(row["model"], row)
     return sorted(best.values(), key=lambda r: (*key(r), r["model"]))
+
+
+def selection_error(row: dict) -> float | None:
+    """The validation top-1 error a run is selected by: its last epoch's (the weights it keeps), or for a
+    retrained sweep winner, which trains without a validation split, its sweep's best trial's."""
+    return row.get("val_top1_err") if row.get("val_top1_err") is not None else row.get("sweep_val_top1_err")
+
+
+def by_validation(board: "Leaderboard", kinds=SELECTION_KINDS) -> tuple[list[dict], list[str]]:
+    """Each model's run with the lowest validation error, ranked by it (ties: validation loss, then the
+    earlier run); test metrics play no part. Notes on the models passed over (diverged, or no validation
+    metric)."""
+    eligible, notes, passed = [], [], {}
+    for row in board.runs or board.rows:
+        if row["kind"] not in kinds:
+            continue
+        if row.get("diverged"):
+            passed.setdefault(row["model"], f"{row['model']} (run {row['run_id']}) diverged: passed over")
+        elif selection_error(row) is None:
+            passed.setdefault(row["model"], f"{row['model']} (run {row['run_id']}) has no validation metric "
+                                            "(trained without a validation split): passed over")
+        else:
+            eligible.append(row)
+    ranked = sorted(eligible, key=lambda r: (selection_error(r), r.get("val_loss") or 0.0, r["_start"]))
+    best: dict[str, dict] = {}
+    for row in ranked:
+        best.setdefault(row["model"], row)
+    notes = [note for model, note in passed.items() if model not in best]
+    return list(best.values()), notes
 
 
 def ilsvrc_references() -> list[dict]:
@@ -165,13 +208,13 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
               "result and it is never an ensemble member or the champion; lower train.lr or set train.grad_clip"
               for r in best if r["diverged"]]
     return Leaderboard(experiment, best, notes, found.experiment_id, ui_url(tracking_uri),
-                       ilsvrc_references() if references else [])
+                       ilsvrc_references() if references else [], rows)
 
 
 def _cell(key: str, value) -> str:
     if value is None:
         return ""
-    if key in ("top1", "top1_err", "top5", "top5_err"):
+    if key in ("top1", "top1_err", "top5", "top5_err", "val_top1_err"):
         return f"{value:.2f}"
     if key == "param_count":
         return f"{value:.3f}"
@@ -242,6 +285,7 @@ def show(board: Leaderboard, fmt: str, console) -> None:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     if fmt == "table":
         console.print(to_rich_table(board))
+        console.print(FOOTNOTE)
         if board.references:
             console.print("ref: the ILSVRC-winning entries of these families (top-5 test error on ImageNet; "
                           "mostly ensembles), from models/catalogue.py")
@@ -249,7 +293,7 @@ def show(board: Leaderboard, fmt: str, console) -> None:
             console.print(f"[yellow]note:[/] {note}")
     elif fmt == "markdown":
         notes = "".join(f"- note: {note}\n" for note in board.notes)  # a markdown list below the table
-        print(to_markdown(board) + ("\n" + notes if notes else ""), end="")
+        print(to_markdown(board) + "\n" + FOOTNOTE + "\n" + ("\n" + notes if notes else ""), end="")
     else:  # the notes go to stderr, so that the CSV stays one table
         print(to_csv(board), end="")
         for note in board.notes:
@@ -314,3 +358,93 @@ def show_comparison(left: Leaderboard, right: Leaderboard, fmt: str, console) ->
         console.print(table)
         for note in left.notes + right.notes:
             console.print(f"[yellow]note:[/] {note}")
+
+
+# --- the ranking where users look: the experiment's and the workflow run's descriptions ---------------
+
+NOTE_TAG = "mlflow.note.content"  # the description the MLflow UI shows (markdown), on an experiment or a run
+KIND_TAG = "mlflow.experimentKind"  # the UI opens an experiment of this kind in its model-training view
+MODEL_TRAINING = "custom_model_development"
+
+
+# The UI keeps its GenAI / model-training switch in the browser (default GenAI) unless the URL names it.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def models_url(board: Leaderboard) -> str:
+    """The experiment's Models view, in the UI's model-training mode."""
+    return f"{board.ui_url}/#/experiments/{board.experiment_id}/models?{TRAINING_VIEW}"
+
+
+def model_url(board: Leaderboard, model_id: str) -> str:
+    return f"{board.ui_url}/#/experiments/{board.experiment_id}/models/{model_id}"
+
+
+def headline(board: Leaderboard) -> str:
+    """The description's first line (all the UI shows until it is expanded): the leader and its error."""
+    sound = [r for r in board.rows if not r.get("diverged")]
+    if not sound:
+        return f"**Leaderboard of {board.experiment}**: no result yet"
+    leader = sound[0]
+    return (f"**Leader: {leader['model']}, top-1 error {leader['top1_err']:.2f}%** (test) of {len(board.rows)} "
+            f"model(s) on {board.experiment}")
+
+
+def description(board: Leaderboard, model_ids: dict[str, str] | None = None) -> str:
+    """The leaderboard as the markdown of a description: the headline, then a table whose rows link to
+    their run and model, then the footnote on selection."""
+    model_ids = model_ids or {}
+    lines = [headline(board), "", "| # | model | kind | top-1 err | top-5 err | val top-1 err | params (M) | "
+             "run | model |", "|---|---|---|---|---|---|---|---|---|"]
+    for rank, row in enumerate(board.rows, 1):
+        model_id = model_ids.get(row["run_id"])
+        cells = [str(rank), row["model"] + (" (diverged)" if row.get("diverged") else ""), row["kind"],
+                 _cell("top1_err", row["top1_err"]), _cell("top5_err", row["top5_err"]),
+                 _cell("val_top1_err", selection_error(row)), _cell("param_count", row.get("param_count")),
+                 f"[{row['run_id'][:8]}]({board.run_url(row['run_id'])})",
+                 f"[{model_id}]({model_url(board, model_id)})" if model_id else ""]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines += ["", FOOTNOTE, "", f"All models: [Models view]({models_url(board)})"]
+    return "\n".join(lines) + "\n"
+
+
+def publish(tracking_uri: str, experiment: str, run_id: str | None = None, client=None) -> Leaderboard:
+    """Write the leaderboard into the experiment's description (and the run's, given one), and mark the
+    experiment as model training for the UI. Callers serialize: one writer at a time."""
+    from mlflow import MlflowClient
+
+    from pipeline.logged_models import models_by_run
+
+    board = build(tracking_uri, experiment)
+    client = client or MlflowClient(tracking_uri)
+    model_ids = models_by_run(client, board.experiment_id)
+    text = description(board, model_ids)
+    client.set_experiment_tag(board.experiment_id, NOTE_TAG, text)
+    client.set_experiment_tag(board.experiment_id, KIND_TAG, MODEL_TRAINING)
+    if run_id:
+        client.set_tag(run_id, NOTE_TAG, text)
+    return board
+
+
+def ui_links(tracking_uri: str, base_url: str, experiment: str | None = None) -> list[str]:
+    """Where to look in the MLflow UI: each experiment's Models view and its latest workflow run (one
+    experiment, or every one of the store)."""
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import sqlite_path
+
+    if (db := sqlite_path(tracking_uri)) is not None and not db.exists():
+        return []
+    client = MlflowClient(tracking_uri)
+    found = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    lines = []
+    for exp in found:
+        if exp is None or exp.name == "Default":
+            continue
+        base = f"{base_url.rstrip('/')}/#/experiments/{exp.experiment_id}"
+        lines.append(f"{exp.name}: models {base}/models?{TRAINING_VIEW}")
+        latest = client.search_runs([exp.experiment_id], "tags.stage = 'workflow'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+        if latest:
+            lines.append(f"{exp.name}: latest workflow run {base}/runs/{latest[0].info.run_id}?{TRAINING_VIEW}")
+    return lines

@@ -125,19 +125,39 @@ def confusion_chart(probs: torch.Tensor, labels: torch.Tensor, classes: list[str
 
 def run_predictions(client, run_id: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A run's saved test-set probabilities, labels and class names."""
-    import json
 
     paths = {a.path for a in client.list_artifacts(run_id, "predictions")}
     if not {"predictions/test_probs.pt", "predictions/test_labels.pt"} <= paths:
         raise PipelineError(f"run {run_id} has no saved test-set probabilities and labels (predictions/): "
                             "train it with this version, on an in-memory data set")
     with tempfile.TemporaryDirectory() as directory:
-        probs = torch.load(client.download_artifacts(run_id, "predictions/test_probs.pt", directory))
-        labels = torch.load(client.download_artifacts(run_id, "predictions/test_labels.pt", directory))
-        meta = {a.path for a in client.list_artifacts(run_id, "model")}
-        classes = json.loads(Path(client.download_artifacts(run_id, "model/model.json", directory)).read_text())[
-            "classes"] if "model/model.json" in meta else [str(i) for i in range(probs.shape[1])]
+        probs = torch.load(client.download_artifacts(run_id, "predictions/test_probs.pt", directory), weights_only=True)
+        labels = torch.load(client.download_artifacts(run_id, "predictions/test_labels.pt", directory),
+                            weights_only=True)
+        classes = run_classes(client, run_id, directory) or [str(i) for i in range(probs.shape[1])]
     return probs, labels, classes
+
+
+def run_classes(client, run_id: str, directory: str) -> list[str] | None:
+    """The class names of a run's model: its LoggedModel's model.json (an ensemble's: its first member's)."""
+    import json
+
+    import mlflow.artifacts
+
+    from pipeline.logged_models import model_of_run
+
+    model_id = model_of_run(client, run_id)
+    if model_id is None:
+        return None
+    location = client.get_logged_model(model_id).artifact_location.rstrip("/")
+
+    def read(name: str) -> dict:
+        return json.loads(Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/artifacts/{name}", dst_path=directory,
+            tracking_uri=client.tracking_uri)).read_text())
+
+    meta = read("model.json")
+    return (read("member_0.json") if meta.get("kind") == "ensemble" else meta).get("classes")
 
 
 def run_confusion_chart(client, run_id: str, title: str | None = None):

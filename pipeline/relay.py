@@ -82,6 +82,8 @@ class RunWriter:
             test_fault("before_epoch_write", event.get("model"), event["metrics"]["epoch"])
             self.epoch(event["metrics"])
             test_fault("after_epoch_write", event.get("model"), event["metrics"]["epoch"])
+        elif kind == "system":  # a node's CPU, memory and GPU use (pipeline.system_metrics)
+            self.tracker.log(self.run_id, event["metrics"], step=int(event["step"]))
         elif kind == "resumed":
             self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(event["epoch"]))
         elif kind == "first_step":

@@ -136,7 +136,9 @@ class Tracker:
         artifact_location = None
         if (db := sqlite_path(self.uri)) is not None:  # keep artifacts beside the embedded database
             artifact_location = (db.parent / "mlartifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=artifact_location)
+        # The MLflow UI opens an experiment of this kind in its model-training view (not the GenAI one).
+        return self.client.create_experiment(name, artifact_location=artifact_location,
+                                             tags={"mlflow.experimentKind": "custom_model_development"})
 
     def start_run(self, experiment_id: str, run_name: str, parent_id: str | None = None,
                   params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,

@@ -44,6 +44,7 @@ class WorkerConfig:
     progress: Any = None  # the ray.util.queue.Queue of `fit`'s relay (set by `fit`)
     label: str = ""  # the unit's name in progress events
     evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
+    system_metrics: bool = True  # each node's CPU, memory and GPU use, sent through the relay
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -233,6 +234,9 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
     from pipeline.complexity import build_model
 
     hp, rank, world_size, device, autocast = worker_setup(config.threads, config.train)
+    from pipeline.system_metrics import start_for_worker
+
+    sampler = start_for_worker(Events(config) if config.progress is not None else None, config.system_metrics)
     channels_last = hp.channels_last if hp.channels_last is not None else device.type == "cuda"
     marks["imports"] = time.time()
 
@@ -390,6 +394,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
                           "ema_top5_err": 100 - ema_test["top5"]})
     if not math.isfinite(test["loss"] if test is not None else history[-1]["train_loss"]):
         final["diverged"] = 1.0
+    if sampler is not None:
+        sampler.stop()
     report({**history[-1], **final}, training_state(hp.epochs), extra)
     if events:
         events("final", metrics=final)

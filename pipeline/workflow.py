@@ -199,6 +199,7 @@ class Engine:
         self.reused: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.board = None  # the leaderboard as last published
 
     # --- what is there already -------------------------------------------------------------------
     def forced(self, unit: Unit) -> bool:
@@ -423,6 +424,23 @@ class Engine:
             self.reused.append(unit.name)
             run_id = (output or {}).get("run_id", state.run.info.run_id if state.run else "")
             context.print(f"[cyan]{unit.name}[/] cached: run {run_id} (key {unit.key[:12]})")
+        self.publish()
+
+    def publish(self) -> None:
+        """The leaderboard into the experiment's and the workflow run's descriptions. Called from the main
+        loop only (when a unit ends), so there is one writer and no race between units."""
+        from pipeline import leaderboard
+
+        context = self.context
+        if context.parent_run_id is None:
+            return
+        try:
+            self.board = leaderboard.publish(context.tracker.uri, context.spec.experiment_name,
+                                             context.parent_run_id, context.tracker.client)
+        except PipelineError:
+            pass  # no result on the leaderboard yet
+        except Exception as exc:  # the ranking in the UI must not stop the workflow
+            context.print(f"[yellow]note:[/] leaderboard not published to MLflow: {escape(str(exc)[:200])}")
 
     def interrupted(self) -> list[str]:
         """Mark every run this driver holds KILLED; the names of the units that were running."""
@@ -511,6 +529,10 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name, CODE_TAG: code_version()})
     engine.hold(context.parent_run_id, "workflow")
     tracker.log_text(context.parent_run_id, context.spec_yaml, "spec.yaml")
+    if any(u.uses_data for u in to_run):  # the data set, in the runs table's Dataset column of the workflow run
+        from pipeline.logged_models import log_spec_datasets
+
+        log_spec_datasets(context, context.parent_run_id)
     closed = engine.close_orphans(keep=True)
     context.console.print(f"[bold]{spec.name}[/]: {len(engine.units)} unit(s), experiment '{spec.experiment_name}' "
                           f"in {tracker.display_uri} (run {context.parent_run_id})"
@@ -545,6 +567,10 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         context.display = None
         summary = {"units": len(engine.units), "units_reused": len(engine.reused),
                    "units_failed": len(context.failures), "wall_time_s": time.time() - started}
+        if engine.board is not None:  # what a reader of the workflow run looks for
+            sound = [r for r in engine.board.rows if not r.get("diverged")]
+            summary.update({"models": len(engine.board.rows),
+                            **({"best_top1_err": sound[0]["top1_err"]} if sound else {})})
         try:
             if status != "KILLED":
                 engine.close_orphans(keep=False)  # what the units did not take over

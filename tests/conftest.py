@@ -111,3 +111,39 @@ def pytest_terminal_summary(terminalreporter):
         cells = [case.name, case.fault, case.moment] + [str(case.outcome.get(c, "")) for c in columns[3:-1]]
         cells.append("yes" if case.outcome.get("passed") else "NO")
         terminalreporter.write_line("| " + " | ".join(cells) + " |")
+
+
+# The tiny workflow the tests of ensembles, reports, the registry, the leaderboard and the UI share: three
+# small networks trained by the real train stage (Ray Train, one worker each) on 300 synthetic images.
+TRAINED_MODELS = ("lenet5", "resnet20", "plain20")
+
+
+@pytest.fixture(scope="session")
+def trained(ray_cluster, tmp_path_factory):
+    """One real `train -> ensemble -> leaderboard` workflow, run once per test session."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from pipeline import workflow
+    from pipeline.config import parse_spec
+    from pipeline.tracking import Tracker
+
+    folder = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    spec = parse_spec({
+        "name": "tiny-zoo", "data": {"name": "synthetic", "synthetic_size": 300, "val_fraction": 0.2},
+        "models": list(TRAINED_MODELS),
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0},
+        "resources": {"num_workers": 1}, "tracking": {"uri": uri, "experiment": "tiny-zoo"},
+        "storage_path": str(folder / "checkpoints"), "stages": ["train", "ensemble", "leaderboard"],
+        "ensemble": {"top_k": 2}})
+    output = io.StringIO()
+    context = workflow.run(spec, Console(file=output, width=200))
+    assert not context.failures, context.failure_summary() + output.getvalue()[-3000:]
+    tracker = Tracker(uri)
+    return SimpleNamespace(uri=uri, folder=folder, spec=spec, context=context, tracker=tracker,
+                           experiment="tiny-zoo", experiment_id=context.experiment_id,
+                           runs={m: context.outputs["train"][m]["run_id"] for m in TRAINED_MODELS},
+                           output=output.getvalue())

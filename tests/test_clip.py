@@ -152,6 +152,16 @@ def test_pretraining_feeds_zero_shot_through_mlflow(ray_cluster, workdir):
     rows = {row["model"]: row for row in context.outputs["leaderboard"]["board"].rows}
     assert rows["clip-rn-32 (zero-shot)"]["top1"] == pytest.approx(zero_shot["top1"])
     assert "clip-rn-32 (linear probe)" in rows
+    # Both results are LoggedModels of their runs: the head's weights, model.json, test metrics linked.
+    from pipeline.logged_models import run_models
+
+    for name in ("clip-rn-32 (zero-shot)", "clip-rn-32 (linear probe)"):
+        (model,) = run_models(client, rows[name]["run_id"])
+        assert model.name == name and model.tags["family"] == "CLIP" and model.tags["kind"] == rows[name]["kind"]
+        linked = {m.key: m for m in model.metrics}
+        assert linked["top1_err"].value == pytest.approx(rows[name]["top1_err"])
+        assert linked["top1_err"].dataset_name == "synthetic-test"
+        assert {a.path for a in client.list_logged_model_artifacts(model.model_id)} >= {"head.pt", "model.json"}
 
     # A later invocation with only the zero_shot stage finds the pretrained model through MLflow.
     later = parse_spec({**clip_spec(workdir), "stages": ["zero_shot"]})

@@ -9,6 +9,8 @@ from rich.console import Console
 
 from pipeline import leaderboard, workflow
 from pipeline.config import parse_spec
+from pipeline.logged_models import download_model_files, model_of_run
+from pipeline.tracking import Tracker
 
 
 def tiny_spec(workdir: Path, **train) -> dict:
@@ -45,10 +47,13 @@ def test_spec_runs_end_to_end(ray_cluster, workdir):
         assert run.data.params["train.epochs"] == "2" and run.data.params["model"] == model
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_top1")) == [1, 2]
         assert run.data.tags["family"] and run.data.tags["dataset"] == "synthetic"
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-        assert artifacts == {"model/model.pt", "model/model.json"}
-    weights = torch.load(client.download_artifacts(runs["lenet5"].info.run_id, "model/model.pt", str(workdir)))
-    assert any(k.endswith("weight") for k in weights)
+        model_id = model_of_run(client, run.info.run_id)  # the run's LoggedModel holds the weights
+        assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model_id)}
+        assert {"artifacts/model.pt", "artifacts/model.json"} <= \
+            {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
+    weights, _ = download_model_files(Tracker(spec.tracking.uri), model_of_run(client, runs["lenet5"].info.run_id),
+                                      workdir / "weights")
+    assert any(k.endswith("weight") for k in torch.load(weights, weights_only=True))
     # Test-set probabilities, gathered from both workers in data-set order, agree with the test accuracy.
     probs = torch.load(client.download_artifacts(runs["resnet20"].info.run_id, "predictions/test_probs.pt",
                                                  str(workdir)))

@@ -5,6 +5,7 @@ import pytest
 
 from pipeline import leaderboard
 from pipeline.errors import PipelineError
+from pipeline.logged_models import model_of_run
 from pipeline.tracking import Tracker
 
 
@@ -200,3 +201,80 @@ def test_a_model_with_a_diverged_and_a_sound_run_shows_the_sound_one(store):
     sound = add_run(tracker, experiment, "lenet5", 12.0)
     board = leaderboard.build(uri, bench)
     assert [r["run_id"] for r in board.rows] == [sound] and "diverged" not in board.columns and not board.notes
+
+
+# --- on runs made by the real train stage (the session's `trained` workflow) ---------------------------
+
+def test_trained_runs_rank_by_test_error_with_their_validation_and_data_sets(trained, capsys):
+    from conftest import TRAINED_MODELS
+
+    board = leaderboard.build(trained.uri, trained.experiment)
+    trained_rows = [r for r in board.rows if r["kind"] == "train"]
+    assert sorted(r["model"] for r in trained_rows) == sorted(TRAINED_MODELS)
+    errors = [(r["top1_err"], r["top5_err"]) for r in board.rows]
+    assert errors == sorted(errors)
+    assert "val_top1_err" in board.columns and all(r["val_top1_err"] is not None for r in trained_rows)
+    client = trained.tracker.client
+    for row in trained_rows:
+        run = client.get_run(row["run_id"])
+        m = run.data.metrics
+        history = client.get_metric_history(row["run_id"], "val_top1")
+        assert m["val_top1_err"] == pytest.approx(100 - max(history, key=lambda h: h.step).value)
+        assert m["best_val_top1_err"] == pytest.approx(min(100 - h.value for h in history))
+        assert m["best_epoch"] in {h.step for h in history}
+        # Data sets as the run's inputs: the digest is the one of the workflow's unit keys.
+        from pipeline.logged_models import dataset_digest
+
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"synthetic-train", "synthetic-val", "synthetic-test"}
+        assert {i.dataset.digest for i in inputs.values()} == {dataset_digest(trained.spec.data)}
+        assert {t.value for i in inputs.values() for t in i.tags if t.key == "mlflow.data.context"} == \
+            {"train", "validation", "test"}
+        # System metrics, sampled on the worker's node and written by the driver.
+        assert 0 <= m["system/node_0/cpu_utilization_percentage"] <= 100
+        assert m["system/node_0/system_memory_usage_megabytes"] > 100
+        profile = __import__("json").loads(inputs["synthetic-train"].dataset.profile)
+        assert profile == {"num_rows": 240, "num_classes": 10, "image_shape": [1, 28, 28]}
+    leaderboard.show(board, "markdown", None)
+    out = capsys.readouterr().out
+    assert leaderboard.FOOTNOTE in out and "nothing is selected on it" in out
+
+
+def test_the_experiment_and_the_workflow_run_carry_the_leaderboard(trained):
+    client = trained.tracker.client
+    board = leaderboard.build(trained.uri, trained.experiment)
+    experiment = client.get_experiment(trained.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    text = experiment.tags["mlflow.note.content"]
+    leader = board.rows[0]
+    assert text.splitlines()[0] == f"**Leader: {leader['model']}, top-1 error {leader['top1_err']:.2f}%** (test) " \
+                                   f"of {len(board.rows)} model(s) on {trained.experiment}"
+    for row in board.rows:  # each row links to its run and its model
+        assert board.run_url(row["run_id"]) in text
+    model_id = model_of_run(client, trained.runs["lenet5"])
+    assert leaderboard.model_url(board, model_id) in text and leaderboard.FOOTNOTE in text
+    workflow_run = client.get_run(trained.context.parent_run_id)
+    assert workflow_run.data.tags["mlflow.note.content"] == text
+    summary = workflow_run.data.metrics
+    assert summary["best_top1_err"] == pytest.approx(leader["top1_err"])
+    assert summary["models"] == len(board.rows) and summary["wall_time_s"] > 0
+
+
+def test_publish_command_rewrites_the_description(trained):
+    from conftest import run_cli
+
+    client = trained.tracker.client
+    client.set_experiment_tag(trained.experiment_id, "mlflow.note.content", "stale")
+    result = run_cli("leaderboard", "-e", trained.experiment, "--publish", "--tracking-uri", trained.uri,
+                     cwd=trained.folder)
+    assert result.returncode == 0, result.stderr
+    assert f"#/experiments/{trained.experiment_id}/models" in result.stdout
+    assert client.get_experiment(trained.experiment_id).tags["mlflow.note.content"].startswith("**Leader: ")
+
+
+def test_ui_links_name_the_models_view_and_the_latest_workflow_run(trained):
+    lines = leaderboard.ui_links(trained.uri, "http://127.0.0.1:5000", trained.experiment)
+    base = f"http://127.0.0.1:5000/#/experiments/{trained.experiment_id}"
+    assert lines == [f"{trained.experiment}: models {base}/models?workflowType=machine_learning",
+                     f"{trained.experiment}: latest workflow run {base}/runs/{trained.context.parent_run_id}"
+                     "?workflowType=machine_learning"]

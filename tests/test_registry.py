@@ -1,6 +1,8 @@
-"""Model Registry and inference on image files the test writes, against a real MLflow store."""
+"""Every trained network is a LoggedModel; the registry's champion is the best on validation; inference on
+image files the test writes. On runs made by the real train stage (the session's `trained` workflow)."""
 import json
 
+import mlflow
 import pytest
 import torch
 from PIL import Image
@@ -8,132 +10,135 @@ from PIL import Image
 from conftest import run_cli
 from pipeline import registry
 from pipeline.complexity import build_model
-from pipeline.data.augment import normalize
-from pipeline.data.synthetic import make_synthetic
 from pipeline.errors import PipelineError
+from pipeline.logged_models import classifier_files, download_model_files, log_model, model_of_run
 from pipeline.tracking import Tracker
 
 
-def train_lenet(train, steps: int = 60):
-    """A few hundred plain PyTorch steps: enough for LeNet-5 on the synthetic templates."""
-    torch.manual_seed(0)
-    model = build_model("lenet5", train.num_classes, train.in_chans)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mean, std = torch.tensor(train.mean), torch.tensor(train.std)
-    for step in range(steps):
-        index = torch.randint(len(train), (64,), generator=torch.Generator().manual_seed(step))
-        loss = torch.nn.functional.cross_entropy(model(normalize(train.images[index], mean, std)), train.labels[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
-def log_model_run(tracker, experiment, model, test, tmp_path, name):
-    """A training run with its weights and model.json, as the train stage saves them."""
-    with torch.no_grad():
-        logits = model(normalize(test.images, torch.tensor(test.mean), torch.tensor(test.std)))
-    top1 = 100 * (logits.argmax(1) == test.labels).float().mean().item()
-    run_id = tracker.start_run(experiment, name, tags={"model": name, "stage": "train"},
-                               metrics={"top1": top1, "top1_err": 100 - top1, "top5": 100.0, "top5_err": 0.0})
-    folder = tmp_path / name
-    folder.mkdir()
-    torch.save(model.state_dict(), folder / "model.pt")
-    (folder / "model.json").write_text(json.dumps({
-        "model": "lenet5", "model_kwargs": {}, "num_classes": 10, "classes": test.classes, "in_chans": 1,
-        "image_size": 28, "mean": list(test.mean), "std": list(test.std)}))
-    tracker.log_artifact(run_id, folder / "model.pt", "model")
-    tracker.log_artifact(run_id, folder / "model.json", "model")
-    tracker.finish(run_id)
-    return run_id, top1
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    experiment = tracker.experiment_id("synthetic")
-    train, test = make_synthetic(2000, seed=1), make_synthetic(40, seed=2)
-    trained = train_lenet(train)
-    best, best_top1 = log_model_run(tracker, experiment, trained, test, tmp_path, "lenet5")
-    untrained = build_model("lenet5", 10, 1).eval()
-    worse, _ = log_model_run(tracker, experiment, untrained, test, tmp_path, "lenet5_untrained")
-    # The test images as files: grey PNGs at the training size, and RGB JPEG-free PNGs at twice the size.
+def images(trained):
+    """The test set as PNG files: grey at the training size, every other one RGB at twice the size."""
+    test = trained.context.data.test
+    folder = trained.folder / "images"
+    folder.mkdir(exist_ok=True)
     paths = []
-    for i, (image, label) in enumerate(zip(test.images, test.labels)):
+    for i, (image, label) in enumerate(zip(test.images[:40], test.labels[:40])):
         picture = Image.fromarray(image[0].numpy(), mode="L")
         if i % 2:
             picture = picture.convert("RGB").resize((56, 56), Image.NEAREST)
-        paths.append(str(tmp_path / f"img{i}_{test.classes[label]}.png"))
+        paths.append(str(folder / f"img{i}_{test.classes[label]}.png"))
         picture.save(paths[-1])
-    return uri, tracker, test, trained, best, best_top1, worse, paths, tmp_path
+    return paths
 
 
-def test_preprocessing_matches_training(store):
-    uri, tracker, test, trained, best, *_ , paths, tmp_path = store
-    assert store[5] > 80  # the fixture's model learned the templates
-    with torch.no_grad():
-        expected = trained(normalize(test.images, torch.tensor(test.mean), torch.tensor(test.std))).softmax(1)
-    folder = tmp_path / "lenet5"
-    classifier = registry.Classifier(folder / "model.pt", folder / "model.json")
-    grey = [p for i, p in enumerate(paths) if i % 2 == 0]
-    assert torch.allclose(classifier.probabilities(grey), expected[0::2], atol=1e-5)
-    # RGB at twice the size comes back to one channel at 28 px: the same predictions.
-    rgb = [p for i, p in enumerate(paths) if i % 2]
-    assert torch.equal(classifier.probabilities(rgb).argmax(1), expected[1::2].argmax(1))
+def test_each_trained_run_is_a_logged_model_with_its_tags_params_and_test_metrics(trained):
+    client = trained.tracker.client
+    for name, run_id in trained.runs.items():
+        run = client.get_run(run_id)
+        model = client.get_logged_model(model_of_run(client, run_id))
+        assert model.source_run_id == run_id and model.name == name
+        for key in ("model", "family", "paper_year", "dataset", "stage", "kind", "unit_key"):
+            assert model.tags[key], key
+        assert model.tags["unit_key"] == run.data.tags["unit_key"] and model.tags["stage"] == "train"
+        assert model.params["model"] == name and model.params["epochs"] == "2"
+        linked = {m.key: m for m in model.metrics}
+        assert linked["top1_err"].value == pytest.approx(run.data.metrics["top1_err"])
+        assert linked["top1_err"].dataset_name == "synthetic-test"
+        assert linked["val_top1_err"].dataset_name == "synthetic-val"
+        assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+        # Its weights are a plain state dict: they load with weights_only=True.
+        weights, meta = download_model_files(trained.tracker, model.model_id, trained.folder / f"dl-{name}")
+        state = torch.load(weights, weights_only=True)
+        assert json.loads(meta.read_text())["model"] == name and all(torch.is_tensor(v) for v in state.values())
+    # The Models tab's query: every model of the experiment, sorted by top1_err.
+    found = client.search_logged_models([trained.experiment_id], order_by=[{"field_name": "metrics.top1_err",
+                                                                           "ascending": True}])
+    errors = [{m.key: m.value for m in model.metrics}.get("top1_err") for model in found]
+    assert len(found) >= 4 and errors == sorted(errors)
 
 
-def test_predict_with_a_run_and_with_the_registered_champion(store):
-    uri, tracker, test, trained, best, best_top1, worse, paths, tmp_path = store
-    from_run = registry.predict(uri, paths, run_id=best, k=3)
-    hits = sum(top[0][0] == test.classes[label] for top, label in zip(from_run, test.labels))
-    assert hits / len(paths) == pytest.approx(best_top1 / 100, abs=0.051)
+def test_predictions_from_files_match_the_training_loops_own(trained, images):
+    """The pyfunc's preprocessing of PNG files gives the probabilities the training loop saved for the test set."""
+    client, run_id = trained.tracker.client, trained.runs["lenet5"]
+    saved = torch.load(client.download_artifacts(run_id, "predictions/test_probs.pt", str(trained.folder)),
+                       weights_only=True).float()
+    weights, meta = download_model_files(trained.tracker, model_of_run(client, run_id), trained.folder / "dl-cls")
+    classifier = registry.Classifier(weights, meta)
+    grey = [p for i, p in enumerate(images) if i % 2 == 0]
+    assert torch.allclose(classifier.probabilities(grey), saved[:40][0::2], atol=2e-3)
+    rgb = [p for i, p in enumerate(images) if i % 2]  # RGB at twice the size: back to one channel at 28 px
+    assert torch.equal(classifier.probabilities(rgb).argmax(1), saved[:40][1::2].argmax(1))
+
+
+def test_champion_is_the_best_on_validation_and_predict_loads_it(trained, images):
+    client = trained.tracker.client
+    val = {m: client.get_run(r).data.metrics["val_top1_err"] for m, r in trained.runs.items()}
+    best = min(val, key=lambda m: (val[m], client.get_run(trained.runs[m]).data.metrics["val_loss"]))
+    done = registry.register_champion(trained.uri, trained.experiment, "tiny-classifier")
+    assert done["run_id"] == trained.runs[best] and done["uri"] == "models:/tiny-classifier@champion"
+    assert done["model_id"] == model_of_run(client, trained.runs[best])
+    version = client.get_model_version_by_alias("tiny-classifier", "champion")
+    assert version.tags["model_id"] == done["model_id"] and version.tags["source_run_id"] == done["run_id"]
+
+    from_run = registry.predict(trained.uri, images, run_id=trained.runs[best], k=3)
+    from_model = registry.predict(trained.uri, images, model_uri=f"models:/{done['model_id']}", k=3)
+    from_alias = registry.predict(trained.uri, images, model_uri=done["uri"], k=3)
+    assert from_run == from_model == from_alias
     assert all(len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] for top in from_run)
-
-    done = registry.register_champion(uri, "synthetic", "synthetic-classifier")
-    assert done["run_id"] == best and done["uri"] == "models:/synthetic-classifier@champion"
-    version = tracker.client.get_model_version_by_alias("synthetic-classifier", "champion")
-    assert str(version.version) == done["version"] and version.tags["source_run_id"] == best
-    from_registry = registry.predict(uri, paths, model_uri=done["uri"], k=3)
-    assert [[label for label, _ in top] for top in from_registry] == [[label for label, _ in top] for top in from_run]
-    assert from_registry[0][0][1] == pytest.approx(from_run[0][0][1], abs=1e-5)
+    # mlflow.pytorch users load the same model with pyfunc, as MLflow documents.
+    mlflow.set_tracking_uri(trained.uri)
+    frame = mlflow.pyfunc.load_model(done["uri"]).predict(__import__("pandas").DataFrame({"image": images[:3]}))
+    assert list(frame["label"]) == [top[0][0] for top in from_run[:3]]
 
 
-def test_predict_command_and_its_errors(store):
-    uri, tracker, test, trained, best, best_top1, worse, paths, tmp_path = store
-    result = run_cli("predict", *paths[:2], "--run", best, "--top", "2", "--tracking-uri", uri, cwd=tmp_path)
+def test_the_ensembles_model_averages_its_members(trained, images):
+    result = trained.context.outputs["ensemble"]
+    members = [registry.Classifier(*download_model_files(trained.tracker, model_of_run(trained.tracker.client,
+                                                                                       trained.runs[m]),
+                                                         trained.folder / f"ens-{m}")) for m in result["members"]]
+    expected = torch.stack([m.probabilities(images[:6]) for m in members]).mean(0)
+    got = registry.predict(trained.uri, images[:6], model_uri=f"models:/{result['model_id']}", k=1)
+    assert [top[0][0] for top in got] == [members[0].classes[i] for i in expected.argmax(1)]
+    assert [top[0][1] for top in got] == pytest.approx(expected.max(1).values.tolist(), abs=1e-5)
+
+
+def test_predict_command_and_its_errors(trained, images):
+    uri, cwd = trained.uri, trained.folder
+    result = run_cli("predict", *images[:2], "--run", trained.runs["lenet5"], "--top", "2", "--tracking-uri", uri,
+                     cwd=cwd)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"{paths[0]}: class")
-    assert lines[0].count("%") == 2
-    for args, message in ((["--run", best, str(tmp_path / "missing.png")], "not found"),
-                          ([paths[0]], "give either --run")):
-        failed = run_cli("predict", *args, "--tracking-uri", uri, cwd=tmp_path)
+    assert len(lines) == 2 and lines[0].startswith(f"{images[0]}: class") and lines[0].count("%") == 2
+    for args, message in ((["--run", trained.runs["lenet5"], str(cwd / "missing.png")], "not found"),
+                          ([images[0]], "give either --run")):
+        failed = run_cli("predict", *args, "--tracking-uri", uri, cwd=cwd)
         assert failed.returncode == 2 and message in failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1
     with pytest.raises(PipelineError, match="no run nope"):
-        registry.predict(uri, paths[:1], run_id="nope")
+        registry.predict(uri, images[:1], run_id="nope")
     with pytest.raises(PipelineError, match="cannot load models:/absent@champion"):
-        registry.predict(uri, paths[:1], model_uri="models:/absent@champion")
+        registry.predict(uri, images[:1], model_uri="models:/absent@champion")
 
 
-def test_a_diverged_run_is_never_the_champion(tmp_path):
+def test_a_diverged_or_unvalidated_run_is_never_the_champion(tmp_path):
+    """The rule on hand-made runs: a diverged run with the lowest errors, and one without validation."""
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = tracker.experiment_id("nan")
-    (tmp_path / "model.pt").write_bytes(b"weights")
+    meta = {"model": "lenet5", "model_kwargs": {}, "num_classes": 10, "classes": [str(i) for i in range(10)],
+            "in_chans": 1, "image_size": 28, "mean": [0.5], "std": [0.25]}
+    files = classifier_files(tmp_path, build_model("lenet5", 10, 1).state_dict(), meta)
 
-    def run(model, top1_err, weights, **extra):
+    def run(model, top1_err, **extra):
         run_id = tracker.start_run(experiment, model, tags={"model": model, "stage": "train"},
                                    metrics={"top1_err": top1_err, "top5_err": 0.0, **extra})
-        if weights:
-            tracker.log_artifact(run_id, tmp_path / "model.pt", "model")
+        log_model(tracker, run_id, model, files, {}, {"model": model}, {})
         tracker.finish(run_id)
         return run_id
 
-    run("nan_lenet", 1.0, weights=True, diverged=1.0)
-    run("no_weights", 10.0, weights=False)
-    with pytest.raises(PipelineError, match="without having diverged"):
+    run("nan_lenet", 1.0, val_top1_err=1.0, diverged=1.0)
+    run("unvalidated", 2.0)
+    with pytest.raises(PipelineError, match="validation error without having diverged"):
         registry.champion_row(tracker.uri, "nan")
-    sound = run("lenet5", 20.0, weights=True)
-    assert registry.champion_row(tracker.uri, "nan")["run_id"] == sound
+    worse_on_test = run("lenet5", 20.0, val_top1_err=5.0)
+    run("better_on_test", 10.0, val_top1_err=9.0)
+    assert registry.champion_row(tracker.uri, "nan")["run_id"] == worse_on_test

@@ -53,16 +53,26 @@ def store(tmp_path_factory):
     return uri, tracker, runs, labels, predicted, tmp_path
 
 
-def test_confusion_matrix_and_per_class_accuracy(store):
-    uri, tracker, runs, labels, predicted, _ = store
-    probs, saved_labels, classes = plots.run_predictions(tracker.client, runs["resnet56"])
-    assert classes == CLASSES and torch.equal(saved_labels, labels)
-    counts = plots.confusion_matrix(probs, saved_labels, 3)
+def test_confusion_matrix_and_per_class_accuracy():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 2, 2])  # cat 2/3, dog 2/2, ship 4/5
+    probs = torch.nn.functional.one_hot(predicted, 3).float() * 0.8 + 0.2 / 3
+    counts = plots.confusion_matrix(probs, labels, 3)
     assert counts.tolist() == [[2, 1, 0], [0, 2, 0], [1, 0, 4]]
-    figure = plots.confusion_chart(probs, saved_labels, classes, "resnet56")
+    figure = plots.confusion_chart(probs, labels, CLASSES, "resnet56")
     bars = [patch.get_width() for patch in figure.axes[1].patches]
     assert bars == pytest.approx([200 / 3, 100.0, 80.0])
     assert "top-1 80.00%" in figure.axes[0].get_title()
+
+
+def test_a_trained_runs_predictions_and_class_names(trained):
+    """What the train stage saved: test-set probabilities in data-set order, labels, and the model's classes."""
+    run_id = trained.runs["resnet20"]
+    probs, labels, classes = plots.run_predictions(trained.tracker.client, run_id)
+    test = trained.context.data.test
+    assert classes == test.classes and torch.equal(labels, test.labels)
+    top1 = 100 * (probs.float().argmax(1) == labels).float().mean().item()
+    assert top1 == pytest.approx(trained.tracker.client.get_run(run_id).data.metrics["top1"], abs=1e-3)
 
 
 def test_learning_curves_draw_plain_against_residual(store):
@@ -86,35 +96,35 @@ def test_complexity_chart_bubbles_scale_with_parameters(store):
     assert figure.axes[0].get_xscale() == "log"
 
 
-def test_report_is_self_contained_html_and_markdown_and_kept_in_mlflow(store):
-    uri, tracker, runs, labels, predicted, tmp_path = store
-    report = write_report(uri, "cifar-plain-vs-res", tmp_path / "out")
+def test_report_of_trained_runs_is_self_contained_html_and_markdown_and_kept_in_mlflow(trained):
+    out = trained.folder / "report"
+    report = write_report(trained.uri, trained.experiment, out)
     page = report.html.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 3 and not re.search(r'src="(?!data:)', page)  # nothing fetched from elsewhere
     for encoded in images:
         assert Image.open(io.BytesIO(base64.b64decode(encoded))).size[0] > 300
-    experiment_id = tracker.experiment_id("cifar-plain-vs-res")
-    for model, run_id in runs.items():
-        assert f'href="http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"' in page
-        assert f">{model}<" in page
-    assert page.index(">resnet56<") < page.index(">resnet20<") < page.index(">plain20<") < page.index(">plain56<")
+    board = leaderboard.build(trained.uri, trained.experiment)
+    for row in board.rows:
+        assert f'href="http://127.0.0.1:5000/#/experiments/{trained.experiment_id}/runs/{row["run_id"]}"' in page
+        assert f">{row['model']}<" in page
+    positions = [page.index(f">{row['model']}<") for row in board.rows]
+    assert positions == sorted(positions)  # in the leaderboard's order
     markdown = report.markdown.read_text()
     for name in ("complexity.png", "learning_curves.png", "confusion.png"):
-        assert f"]({name})" in markdown and (tmp_path / "out" / name).stat().st_size > 1000
-    assert f"(http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{runs['plain56']})" in markdown
-    logged = {a.path for a in tracker.client.list_artifacts(report.run_id, "report")}
+        assert f"]({name})" in markdown and (out / name).stat().st_size > 1000
+    logged = {a.path for a in trained.tracker.client.list_artifacts(report.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/confusion.png"} <= logged
     # The report run stays off the leaderboard.
-    assert len(leaderboard.build(uri, "cifar-plain-vs-res").rows) == 4
+    assert len(leaderboard.build(trained.uri, trained.experiment).rows) == len(board.rows)
 
 
-def test_report_command(store):
-    uri, tracker, runs, labels, predicted, tmp_path = store
-    result = run_cli("report", "-e", "cifar-plain-vs-res", "--out", str(tmp_path / "cli"), "--ui-url",
-                     "https://mlflow.example.org", "--tracking-uri", uri, cwd=tmp_path)
+def test_report_command(trained):
+    out = trained.folder / "cli-report"
+    result = run_cli("report", "-e", trained.experiment, "--out", str(out), "--ui-url", "https://mlflow.example.org",
+                     "--tracking-uri", trained.uri, cwd=trained.folder)
     assert result.returncode == 0, result.stderr
     assert "report.html" in result.stdout
-    assert "https://mlflow.example.org/#/experiments/" in (tmp_path / "cli" / "report.html").read_text()
-    missing = run_cli("report", "-e", "nope", "--tracking-uri", uri, cwd=tmp_path)
+    assert "https://mlflow.example.org/#/experiments/" in (out / "report.html").read_text()
+    missing = run_cli("report", "-e", "nope", "--tracking-uri", trained.uri, cwd=trained.folder)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr

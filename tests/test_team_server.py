@@ -107,7 +107,11 @@ def test_pipeline_logs_to_the_team_server_with_credentials_from_the_environment(
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2]
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    assert {a.path for a in client.list_artifacts(run_id, "model")} == {"model/model.pt", "model/model.json"}
+    from pipeline.logged_models import model_of_run
+
+    model_id = model_of_run(client, run_id)  # the run's LoggedModel, its files through the server
+    assert {"artifacts/model.pt", "artifacts/model.json"} <= \
+        {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
     assert list((home / "server" / "artifacts").rglob("model.pt"))  # stored by the server's artifact store
     board = leaderboard.build(url, "team-board")
     assert [r["model"] for r in board.rows] == ["lenet5"] and board.ui_url == url

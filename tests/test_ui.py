@@ -1,7 +1,7 @@
-"""The leaderboard in the MLflow UI: headless Debian Chromium, driven by Playwright, against a real `mlflow server`."""
-import json
+"""The leaderboard where users look: the MLflow UI of a real `mlflow server` over the session's `trained`
+workflow (runs of the real train stage), in Debian's headless Chromium driven by Playwright, with a fresh
+profile: nothing is put in the browser's localStorage, so what it shows is what a new user sees."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tracking import Tracker
+from conftest import TRAINED_MODELS, run_cli
+from pipeline.cluster import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_DIR = Path(os.environ.get("UI_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / ".pipeline"))
@@ -19,33 +20,21 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
                                                                     "(scripts/setup.sh installs it)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def server(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    experiment = tracker.experiment_id("fashion-mnist")
-    errors = {"resnet20": 8.42, "lenet5": 10.87, "vit_tiny_patch4_32": 12.35}
-    for model, error in errors.items():
-        run_id = tracker.start_run(experiment, model, tags={"model": model, "stage": "train"},
-                                   metrics={"top1_err": error, "top1": 100 - error, "top5_err": 0.5})
-        tracker.finish(run_id)
+@pytest.fixture(scope="module")
+def server(trained):
+    """`mlflow server` over the trained workflow's store, as `pipeline ui` starts it."""
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                                "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(trained.folder / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", trained.uri,
+                                "--default-artifact-root", (trained.folder / "mlartifacts").as_uri(),
+                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 120
         while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert process.poll() is None, (trained.folder / "server.log").read_text()[-3000:]
             try:
                 if urllib.request.urlopen(f"{url}/health", timeout=5).status == 200:
                     break
@@ -53,42 +42,101 @@ def server(tmp_path):
                 pass
             assert time.time() < deadline, "mlflow server did not come up"
             time.sleep(0.5)
-        yield url, experiment, errors
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
 
 
-def test_runs_table_shows_models_and_top1_errors_sorted(server):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    url, experiment, errors = server
-    # The UI keeps the chosen columns (and sort) of an experiment's runs table in localStorage.
-    key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState'
-    state = {"selectedColumns": ["metrics.`top1_err`", "metrics.`top1`", "tags.`model`"],
-             "orderByKey": "metrics.`top1_err`", "orderByAsc": True}
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    shot = SCREENSHOT_DIR / "ui_leaderboard.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
-            page.add_init_script(f"window.localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps(state))});")
-            page.goto(f"{url}/#/experiments/{experiment}/runs?orderByKey=metrics.%60top1_err%60&orderByAsc=true",
-                      timeout=60_000)
-            for model in errors:
-                page.get_by_text(model, exact=True).first.wait_for(timeout=60_000)
-            page.get_by_text(f"{errors['resnet20']}", exact=True).first.wait_for(timeout=30_000)
-            page.screenshot(path=str(shot), full_page=True)
-            text = page.inner_text("body")
+            yield launched
         finally:
-            browser.close()
-    for model, error in errors.items():
-        assert model in text and str(error) in text
-    # Sorted by top-1 error (the runs were created best first, and the UI's default is newest first).
-    assert "Sort: top1_err" in text
-    positions = [text.index(model) for model in sorted(errors, key=errors.get)]
-    assert positions == sorted(positions)
-    assert shot.stat().st_size > 10_000
+            launched.close()
+
+
+TRAINING_VIEW = "?workflowType=machine_learning"  # the links `pipeline ui` prints open this view
+
+
+def open_page(browser, url: str, wait_for: str):
+    """A fresh browser context (its own empty profile and localStorage) on `url`, once `wait_for` shows; the
+    UI's assistant panel, which opens beside the tables, is closed as a user would."""
+    context = browser.new_context(viewport={"width": 2200, "height": 1000})
+    page = context.new_page()
+    page.goto(url, timeout=90_000)
+    page.get_by_text(wait_for, exact=True).first.wait_for(timeout=90_000)
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+    return context, page
+
+
+def shot(page, name: str) -> Path:
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def test_models_view_lists_the_trained_models_with_their_top1_error(trained, server, browser):
+    from pipeline.logged_models import model_of_run
+
+    context, page = open_page(browser, f"{server}/#/experiments/{trained.experiment_id}/models{TRAINING_VIEW}",
+                              "lenet5")
+    try:
+        for model in TRAINED_MODELS:
+            page.get_by_text(model, exact=True).first.wait_for(timeout=90_000)
+        page.get_by_text("top1_err", exact=True).first.wait_for(timeout=60_000)
+        client = trained.tracker.client
+        lenet = client.get_logged_model(model_of_run(client, trained.runs["lenet5"]))
+        error = {m.key: m.value for m in lenet.metrics}["top1_err"]
+        text = page.inner_text("body")
+        shot(page, "ui_models.png")
+    finally:
+        context.close()
+    assert "synthetic-test (#" in text  # the metrics' column group: the data set they were measured on
+    assert str(error)[:5] in text  # lenet5's test error, as the table prints it
+
+
+def test_runs_table_names_the_data_set_and_shows_the_leader(trained, server, browser):
+    context, page = open_page(browser, f"{server}/#/experiments/{trained.experiment_id}/runs{TRAINING_VIEW}",
+                              "Dataset")
+    try:
+        page.get_by_text("synthetic-train", exact=False).first.wait_for(timeout=90_000)
+        text = page.inner_text("body")
+        shot(page, "ui_runs.png")
+    finally:
+        context.close()
+    assert "synthetic-train" in text and "Leader:" in text  # the Dataset column; the description's first line
+
+
+def test_workflow_run_page_shows_the_leaderboard_in_its_description(trained, server, browser):
+    run_id = trained.context.parent_run_id
+    context, page = open_page(browser, f"{server}/#/experiments/{trained.experiment_id}/runs/{run_id}{TRAINING_VIEW}",
+                              "Description")
+    try:
+        page.get_by_text("Leader:", exact=False).first.wait_for(timeout=90_000)
+        page.get_by_text("Show more", exact=True).first.click()  # the description opens collapsed
+        for model in TRAINED_MODELS:
+            page.get_by_text(model, exact=True).first.wait_for(timeout=30_000)
+        text = page.inner_text("body")
+        shot(page, "ui_workflow_run.png")
+    finally:
+        context.close()
+    assert "best_top1_err" in text and "nothing is selected on it" in text
+
+
+def test_ui_command_prints_where_to_look(trained, server):
+    result = run_cli("ui", "-e", trained.experiment, "--tracking-uri", server, cwd=trained.folder)
+    assert result.returncode == 0, result.stderr
+    base = f"{server}/#/experiments/{trained.experiment_id}"
+    assert f"{base}/models{TRAINING_VIEW}" in result.stdout
+    assert f"{base}/runs/{trained.context.parent_run_id}{TRAINING_VIEW}" in result.stdout

@@ -1,8 +1,10 @@
 """The `ensemble` stage: the saved test-set probabilities of several runs, averaged, as a leaderboard row.
 
 The lecture's ensembles (AlexNet's 7 CNNs, the 2016 winner's fusion of Inception, ResNet and WRN models)
-average the members' softmax outputs. Members are the experiment's top-k leaderboard runs or a named
-set; each must have saved `predictions/test_probs.pt` (the train stage does, for in-memory data sets).
+average the members' softmax outputs. Members are the experiment's top-k runs by validation error (the
+test set, which then scores the ensemble and its gain, chooses nothing) or a named set; each must have
+saved `predictions/test_probs.pt` (the train stage does, for in-memory data sets). The result is a
+LoggedModel that holds every member's weights and averages their softmax outputs.
 """
 from __future__ import annotations
 
@@ -51,10 +53,15 @@ def load_member(client, model: str, run_id: str) -> Member:
 
 
 def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(model, run id) of each member, and notes on runs passed over."""
-    notes = []
+    """(model, run id) of each member, and notes on runs passed over. Members are chosen by validation
+    error (`leaderboard.by_validation`), never by the test set the ensemble is then scored on; a member
+    named by its model is that model's best run on validation."""
+    from pipeline.leaderboard import by_validation
+
+    ranked, notes = by_validation(board)
     if named:
         by_model = {row["model"]: row["run_id"] for row in board.rows}
+        by_model.update({row["model"]: row["run_id"] for row in ranked})
         chosen = []
         for name in named:
             if name in by_model:
@@ -72,14 +79,12 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
         if missing:
             raise PipelineError(f"ensemble members {', '.join(missing)} have no saved test-set probabilities "
                                 f"({PROBS}): retrain them with this version, on an in-memory data set")
-        return chosen, notes
+        return chosen, []
     chosen = []
-    for row in board.rows:
-        if row["kind"] == "ensemble" or len(chosen) == top_k:
-            continue
-        if row.get("diverged"):
-            notes.append(f"{row['model']} (run {row['run_id']}) diverged: passed over")
-        elif has_predictions(client, row["run_id"]):
+    for row in ranked:
+        if len(chosen) == top_k:
+            break
+        if has_predictions(client, row["run_id"]):
             chosen.append((row["model"], row["run_id"]))
         else:
             notes.append(f"{row['model']} (run {row['run_id']}) has no saved test-set probabilities: passed over")
@@ -87,9 +92,10 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
 
 
 def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int | None, name: str | None,
-                   run_id: str | None = None, fallback_labels: torch.Tensor | None = None) -> dict:
+                   run_id: str | None = None, fallback_labels: torch.Tensor | None = None, data=None) -> dict:
     """Average the members' test-set probabilities and log the result as a leaderboard run (`run_id`, or a
-    new top-level run)."""
+    new top-level run) with its LoggedModel; `data` (the members' DataConfig) names the test set its metrics
+    are linked to."""
     from pipeline import leaderboard
 
     board = leaderboard.build(tracker.uri, experiment)
@@ -110,8 +116,13 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
     metrics = scores(probs, labels)
     # Members are scored here the same way (from their saved probabilities) so the gain compares like with like.
     singles = {m.model: scores(m.probs, labels) for m in members}
-    best = min(singles, key=lambda model: (singles[model]["top1_err"], singles[model]["top5_err"]))
-    rows = {row["run_id"]: row for row in board.rows}
+    # The gain is over the member validation would have picked alone (the test set picks nothing).
+    from pipeline.leaderboard import selection_error
+
+    rows = {row["run_id"]: row for row in board.runs or board.rows}
+    validated = [m for m in members if m.run_id in rows and selection_error(rows[m.run_id]) is not None]
+    best = min(validated, key=lambda m: selection_error(rows[m.run_id])).model if validated else \
+        min(singles, key=lambda model: (singles[model]["top1_err"], singles[model]["top5_err"]))
     cost = {key: sum(rows[m.run_id][key] or 0 for m in members if m.run_id in rows) for key in ("param_count", "gmacs")}
     metrics.update({"gain_top1_err": singles[best]["top1_err"] - metrics["top1_err"],
                     "gain_top5_err": singles[best]["top5_err"] - metrics["top5_err"],
@@ -128,16 +139,46 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
         tracker.client.update_run(run_id, name=label)
         for key, value in tags.items():
             tracker.client.set_tag(run_id, key, value)
-    tracker.log(run_id, metrics, params=params)
+    from pipeline.logged_models import TEST_METRICS
+
+    tracker.log(run_id, {k: v for k, v in metrics.items() if k not in TEST_METRICS}, params=params)
     with tempfile.TemporaryDirectory() as directory:
         torch.save(probs.half(), Path(directory) / "test_probs.pt")
         torch.save(labels, Path(directory) / "test_labels.pt")
         tracker.log_artifact(run_id, Path(directory) / "test_probs.pt", "predictions")
         tracker.log_artifact(run_id, Path(directory) / "test_labels.pt", "predictions")
+    model_id = log_ensemble_model(tracker, run_id, label, members, tags, params, metrics, data)
     if created:
         tracker.finish(run_id)
-    return {"run_id": run_id, "model": label, "members": [m.model for m in members], "best_single": best,
+    return {"run_id": run_id, "model_id": model_id, "model": label, "members": [m.model for m in members],
+            "best_single": best,
             "metrics": metrics, "notes": notes}
+
+
+def log_ensemble_model(tracker, run_id: str, label: str, members: list[Member], tags: dict, params: dict,
+                       metrics: dict, data) -> str:
+    """The ensemble as a LoggedModel: every member's weights and model.json, and `model.json` of kind
+    `ensemble` saying how they are combined (the mean of their softmax outputs)."""
+    import json
+
+    from pipeline.logged_models import download_model_files, log_model, model_of_run
+
+    with tempfile.TemporaryDirectory() as directory:
+        folder = Path(directory)
+        files, described = {}, []
+        for i, member in enumerate(members):
+            member_id = model_of_run(tracker.client, member.run_id)
+            if member_id is not None:  # unique names: MLflow keeps a pyfunc's artifacts by file name
+                weights, meta = download_model_files(tracker, member_id, folder / f"member_{i}")
+                files[f"weights_{i}"] = weights.rename(folder / f"member_{i}.pt")
+                files[f"meta_{i}"] = meta.rename(folder / f"member_{i}.json")
+            described.append({"model": member.model, "run_id": member.run_id, "model_id": member_id})
+        (folder / "model.json").write_text(json.dumps({"kind": "ensemble", "combine": "mean of softmax outputs",
+                                                       "members": described}, indent=2))
+        # A pyfunc when every member has its weights; otherwise the model's record and metrics only.
+        complete = all(d["model_id"] for d in described)
+        return log_model(tracker, run_id, label, {"meta": folder / "model.json", **files} if complete else None,
+                         params, {**tags, "kind": "ensemble"}, metrics, data)
 
 
 @stage("ensemble")
@@ -164,7 +205,7 @@ def run_unit(job: Job) -> dict:
     """Average the test-set probabilities of the spec's ensemble members into the job's run."""
     context, config = job.context, job.spec.ensemble
     result = build_ensemble(job.tracker, job.spec.experiment_name, config.members, config.top_k, config.name,
-                            job.run_id)
+                            job.run_id, data=job.spec.data)
     for note in result["notes"]:
         context.print(f"[yellow]note:[/] {note}")
     m = result["metrics"]

@@ -1,6 +1,7 @@
 """The `retrain` stage: a unit per swept model, started as soon as that model's sweep ends. Its best config
 is trained again on train + validation with more epochs and evaluated on the test set, the only time a
-sweep's model sees it. Its runs (stage `retrain`, tag `sweep_run_id`) compete on the leaderboard."""
+sweep's model sees it. Its runs (stage `retrain`, tag `sweep_run_id`) compete on the leaderboard; ensembles
+and the champion select them by their sweep's best validation error (`sweep_val_top1_err`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -39,7 +40,11 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
                               "on train + validation")
             for key, value in {"sweep_run_id": swept["run_id"], "sweep_key": swept["sweep_key"]}.items():
                 job.tracker.client.set_tag(job.run_id, key, value)
-            output = run_training(job, entry, train, data)
+            # No validation split here: the model is selected by its sweep's best validation error.
+            sweep_metrics = job.tracker.client.get_run(swept["run_id"]).data.metrics
+            selection = {"sweep_val_top1_err": sweep_metrics["best_val_top1_err"]} \
+                if "best_val_top1_err" in sweep_metrics else {}
+            output = run_training(job, entry, train, data, selection)
             job.tracker.client.set_tag(swept["run_id"], "retrain_run_id", job.run_id)
             return output
 

@@ -21,8 +21,11 @@ SWEEP_LOCK = threading.Lock()
 
 def record_best(tracker, run_id: str, outcome, train: dict, metric: str) -> None:
     best = {**train, **outcome.best_config}
+    # The best trial's validation top-1 error, whatever the metric: what its retrained model is selected by.
+    val_err = {"best_val_top1_err": 100 - outcome.best_metrics["val_top1"]} \
+        if "val_top1" in outcome.best_metrics else {}
     tracker.log(run_id, {f"best_{metric}": outcome.best_metrics[metric], "trials": len(outcome.trials),
-                         "trial_epochs": outcome.trial_epochs},
+                         "trial_epochs": outcome.trial_epochs, **val_err},
                 params={"best": outcome.best_config})
     tracker.client.set_tag(run_id, "best_trial_id", outcome.best_trial_id)
     tracker.log_text(run_id, json.dumps(best, indent=2), "best_config.json")

@@ -40,7 +40,11 @@ def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: D
 
 
 def finished_output(run, context: RunContext | None = None) -> dict[str, Any]:
-    return {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)}
+    from pipeline.logged_models import model_of_run
+
+    client = context.tracker.client if context is not None else None
+    return {"run_id": run.info.run_id, "metrics": dict(run.data.metrics),
+            "model_id": model_of_run(client, run.info.run_id) if client is not None else None}
 
 
 @stage("train")
@@ -56,23 +60,42 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     return units
 
 
-def _log_model(tracker, run_id: str, checkpoint, state: dict, meta: dict, test_labels=None) -> None:
-    """The final weights and what it takes to rebuild the model, as artifacts of the run; the test-set
-    probabilities with the labels they are scored against (ensembles and confusion matrices read them)."""
+def validation_summary(history: list[dict[str, float]]) -> dict[str, float]:
+    """Selection metrics of a run, from its per-epoch history: the last epoch's validation error (the
+    weights it keeps) and its best epoch's, under keys of their own; none without a validation split."""
+    scored = [h for h in history if "val_top1" in h]
+    if not scored:
+        return {}
+    best = min(scored, key=lambda h: (100 - h["val_top1"], h.get("val_loss", 0.0)))
+    return {"val_top1_err": 100 - scored[-1]["val_top1"], "best_val_top1_err": 100 - best["val_top1"],
+            "best_epoch": best["epoch"]}
+
+
+def _log_model(job: Job, name: str, checkpoint, state: dict, meta: dict, metrics: dict[str, float], data: DataConfig,
+               test_labels=None) -> str:
+    """The final weights as the run's LoggedModel (pyfunc, state dict, model.json), its metrics linked to
+    it; the test-set probabilities with the labels they are scored against as run artifacts (ensembles and
+    confusion matrices read them). Returns the model's id."""
     import torch
 
+    from pipeline.logged_models import MODEL_TAGS, classifier_files, log_model
     from pipeline.train import TEST_PROBS
 
+    tracker, run_id = job.tracker, job.run_id
     with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as out:
-        torch.save(state["model"], Path(out) / "model.pt")
-        (Path(out) / "model.json").write_text(json.dumps(meta, indent=2))
-        tracker.log_artifact(run_id, Path(out) / "model.pt", "model")
-        tracker.log_artifact(run_id, Path(out) / "model.json", "model")
         if (probs := Path(directory) / f"{TEST_PROBS}.pt").exists():
             tracker.log_artifact(run_id, probs, "predictions")
             if test_labels is not None:
                 torch.save(test_labels, Path(out) / "test_labels.pt")
                 tracker.log_artifact(run_id, Path(out) / "test_labels.pt", "predictions")
+        files = classifier_files(Path(out), state["model"], meta)
+        run = tracker.client.get_run(run_id)
+        tags = {key: run.data.tags.get(key, "") for key in MODEL_TAGS}
+        tags.update({"kind": "network", "stage": job.unit.stage})
+        params = {"model": meta["model"], "model_kwargs": json.dumps(meta["model_kwargs"]),
+                  "epochs": run.data.params.get("epochs", ""), "seed": run.data.params.get("seed", ""),
+                  "dataset": data.name, "num_classes": meta["num_classes"], "image_size": meta["image_size"]}
+        return log_model(tracker, run_id, name, files, params, tags, metrics, data)
 
 
 def paper_year(model: str) -> str:
@@ -138,7 +161,7 @@ def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, da
         model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
         num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=mean,
         std=std, hflip=shape["hflip"], threads=threads, splits_ref=shape["splits_ref"],
-        stream=stream, label=label, evaluate_test=evaluate_test)
+        stream=stream, label=label, evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics)
     return config, shape
 
 
@@ -156,7 +179,8 @@ def check_decode_cpus(train_cpus: float) -> None:
                             "resources.cpus_per_worker or num_workers, or add nodes")
 
 
-def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
+def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConfig,
+                 extra_metrics: dict[str, float] | None = None) -> dict[str, Any]:
     """Train one model in the job's MLflow run, resuming from the unit's Ray Train checkpoint if it has one."""
     from models.catalogue import family_of
     from pipeline.complexity import model_complexity
@@ -175,6 +199,10 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
     for key, value in {"family": family_of(entry.name), "dataset": data.name, "paper_year": paper_year(entry.name),
                        "accelerator": accelerator(resources), "model": entry.name}.items():
         tracker.client.set_tag(job.run_id, key, value)
+    if not job.resumed:
+        from pipeline.logged_models import log_datasets, split_sizes
+
+        log_datasets(tracker, job.run_id, data, shape, split_sizes(context, data, shape))
     context.print(f"[bold]{unit.name}[/]: {complexity['param_count']:.3f} M params, "
                   f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, {resources.num_workers} worker(s), run {job.run_id}")
     writer = RunWriter(tracker, job.run_id, started_at=time.time(), show=context.display.handler(unit.name, train.epochs)
@@ -184,12 +212,17 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
         raise UnitFailed.of(result.error)
     state = read_state(result.checkpoint)
     writer.history(state["history"])  # epochs whose events were lost (a restart between report and event)
-    tracker.log(job.run_id, {k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics})
-    _log_model(tracker, job.run_id, result.checkpoint, state, {
+    from pipeline.logged_models import TEST_METRICS, VAL_METRICS
+
+    summary = {**{k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics},
+               **validation_summary(state["history"]), **(extra_metrics or {})}
+    tracker.log(job.run_id, {k: v for k, v in summary.items() if k not in TEST_METRICS + VAL_METRICS})
+    model_id = _log_model(job, entry.name, result.checkpoint, state, {
         "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(shape["classes"]),
         "classes": shape["classes"], "in_chans": shape["in_chans"], "image_size": shape["image_size"],
-        "mean": list(config.mean), "std": list(config.std)}, shape["test_labels"])
-    return {"run_id": job.run_id, "metrics": result.metrics}
+        "mean": list(config.mean), "std": list(config.std)},
+        {k: v for k, v in summary.items() if k in TEST_METRICS + VAL_METRICS}, data, shape["test_labels"])
+    return {"run_id": job.run_id, "model_id": model_id, "metrics": {**result.metrics, **summary}}
 
 
 def stream_args(data: DataConfig, info) -> dict[str, Any]:

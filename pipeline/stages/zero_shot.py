@@ -80,6 +80,29 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
                  identify=identify, uses_data=True, from_run=finished_zero_shot, run=run_unit)]
 
 
+def log_head(job: Job, run_id: str, name: str, stage: str, state_dict: dict, meta: dict, metrics: dict,
+             params: dict) -> str:
+    """A CLIP evaluation's result as a LoggedModel of its run: the head on the frozen CLIP model (zero-shot
+    class embeddings, or the linear probe's layer) as a state dict, and model.json naming the CLIP model it
+    sits on; its test metrics linked to it (no pyfunc: the CLIP model is the pretrain run's or open_clip's)."""
+    import json
+
+    import torch
+
+    from pipeline.logged_models import log_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state_dict, os.path.join(folder, "head.pt"))
+        with open(os.path.join(folder, "model.json"), "w") as handle:
+            json.dump(meta, handle, indent=2)
+        tags = {"model": name, "family": "CLIP", "dataset": job.spec.data.name, "stage": stage, "kind": stage,
+                "unit_key": job.unit.key or ""}
+        return log_model(job.tracker, run_id, name, {"head": os.path.join(folder, "head.pt"),
+                                                     "meta": os.path.join(folder, "model.json")},
+                         {k: json.dumps(v) if not isinstance(v, str) else v for k, v in params.items()}, tags,
+                         metrics, job.spec.data, pyfunc=False)
+
+
 def run_unit(job: Job) -> dict[str, Any]:
     import torch
 
@@ -103,9 +126,13 @@ def run_unit(job: Job) -> dict[str, Any]:
     test_features = encode_images(model, data.test.images, image_input, device)
     test_labels = data.test.labels.to(device)
     metrics = classification_metrics(test_features @ weights, test_labels)
-    tracker.log(job.run_id, {**metrics, "param_count": params}, params=common_params)
+    tracker.log(job.run_id, {"param_count": params}, params=common_params)
     for key, value in {"model": f"{name} (zero-shot)", **common_tags}.items():
         tracker.client.set_tag(job.run_id, key, value)
+    log_head(job, job.run_id, f"{name} (zero-shot)", "zero_shot", {"weight": weights.detach().cpu()},
+             {"kind": "zero_shot", "clip_model": name, "source": run_id or name, "classes": data.classes,
+              "templates": templates, "head": "class embeddings (features x classes): logits = features @ weight"},
+             metrics, common_params)
     context.print(f"[bold green]{name} zero-shot[/] ({len(templates)} evaluation templates): top-1 "
                   f"{metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% mean class recall "
                   f"{metrics['mean_class_recall']:.2f}%")
@@ -125,7 +152,10 @@ def run_unit(job: Job) -> dict[str, Any]:
         params={**common_params, "probe_train_images": len(train_images), "probe_steps": zero_shot.probe_steps,
                 "probe_lr": zero_shot.probe_lr},
         tags={"model": f"{name} (linear probe)", "stage": "linear_probe", "probe_of": job.run_id, **common_tags},
-        metrics={**probe_metrics, "param_count": params})
+        metrics={"param_count": params})
+    log_head(job, probe_run, f"{name} (linear probe)", "linear_probe", probe.cpu().state_dict(),
+             {"kind": "linear_probe", "clip_model": name, "source": run_id or name, "classes": data.classes,
+              "head": "nn.Linear on the frozen image features"}, probe_metrics, common_params)
     tracker.finish(probe_run)
     context.print(f"[bold green]{name} linear probe[/] ({len(train_images):,} training images, frozen "
                   f"features): top-1 {probe_metrics['top1']:.2f}% top-5 {probe_metrics['top5']:.2f}%")

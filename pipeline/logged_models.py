@@ -1,0 +1,235 @@
+"""Each result as an MLflow LoggedModel of its run, and the data sets a run read as its inputs.
+
+A LoggedModel (MLflow 3's model-centric record, listed in the experiment's Models tab) holds the weights as
+a state dict that loads with `weights_only=True`, `model.json` (what rebuilds and preprocesses the network),
+and a pyfunc whose code is the project's own (`pipeline/serving.py`, "models from code": nothing pickled).
+Its params and tags say what it is; its test metrics are logged linked to the model and to the test set
+(`model_id`, `dataset_name`, `dataset_digest`), so the Models tab can sort every model by `top1_err`.
+
+Data sets are recorded with `MlflowClient.log_inputs`: one per split (train, validation, test), each with
+the digest of `pipeline.units.data_fingerprint` (the checksums the loader verifies and the split's
+definition: seed, validation fraction, limits), its source and its shape; the runs table's Dataset column
+shows them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.units import ROOT, data_fingerprint, digest
+
+# Downloads of a model's few files need no progress bar in the commands' output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+SERVING_CODE = ROOT / "pipeline" / "serving.py"
+MODEL_TAGS = ("model", "family", "paper_year", "dataset", "stage", "kind", "unit_key")
+# Linked to the model and the test set (the Models tab's columns).
+TEST_METRICS = ("top1", "top1_err", "top5", "top5_err", "mean_class_recall", "test_loss")
+# Linked to the model and the validation set: what selection reads.
+VAL_METRICS = ("val_top1_err", "best_val_top1_err", "sweep_val_top1_err")
+SPLITS = {"train": "train", "val": "validation", "test": "test"}  # split -> the input's context tag
+
+
+def dataset_digest(data) -> str:
+    """The digest of a data set as the workflow's unit keys see it (its fingerprint: checksums + split
+    definition)."""
+    return digest(data_fingerprint(data), 16)
+
+
+def dataset_name(data, split: str) -> str:
+    return f"{data.name}-{split}"
+
+
+def dataset_source(data) -> tuple[str, str]:
+    """(source type, source) of a data set: a local path, a hub id, or the synthetic generator."""
+    from pipeline.data.catalog import DATASETS
+
+    info = DATASETS[data.name]
+    if info.source == "synthetic":
+        return "code", f"pipeline.data.synthetic (seed {data.seed}, {data.synthetic_size} images)"
+    if info.source == "idx":
+        from pipeline.data.fashion_mnist import find_dir
+
+        return "local", str(find_dir(data.path))
+    source = data.path or info.hub_id
+    return ("local", str(Path(source).expanduser().resolve())) if Path(source).expanduser().exists() \
+        else ("hugging_face", source)
+
+
+def log_datasets(tracker, run_id: str, data, shape: dict[str, Any], sizes: dict[str, int | None]) -> None:
+    """The train, validation and test splits as inputs of a run (a split of size 0 is left out)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source_type, source = dataset_source(data)
+    inputs = []
+    for split, context in SPLITS.items():
+        rows = sizes.get(split)
+        if rows == 0:
+            continue
+        profile = {"num_rows": rows, "num_classes": len(shape["classes"]),
+                   "image_shape": [shape["in_chans"], shape["image_size"], shape["image_size"]]}
+        schema = {"fingerprint": data_fingerprint(data), "split": split, "classes": list(shape["classes"])}
+        inputs.append(DatasetInput(
+            Dataset(dataset_name(data, split), dataset_digest(data), source_type, source,
+                    schema=json.dumps(schema, default=str)[:60000], profile=json.dumps(profile)),
+            tags=[InputTag("mlflow.data.context", context)]))
+    tracker.client.log_inputs(run_id, datasets=inputs)
+
+
+def log_spec_datasets(context, run_id: str) -> None:
+    """The spec's data set (its three splits) as inputs of a run, sized as loaded."""
+    from pipeline.stages.train import data_shape
+
+    data = context.spec.data
+    shape = data_shape(context, data)
+    log_datasets(context.tracker, run_id, data, shape, split_sizes(context, data, shape))
+
+
+def split_sizes(context, data, shape: dict[str, Any]) -> dict[str, int | None]:
+    """Rows per split: as loaded in memory, or what a streamed set tells (None: unknown, 0: no such split)."""
+    splits = context.splits(data)
+    if splits is not None:
+        return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
+    return {"train": shape["stream"].get("train_rows"), "val": None if data.val_fraction else 0}
+
+
+def pip_requirements() -> list[str]:
+    """What the pyfunc needs, given so that MLflow does not infer it (inference runs the model)."""
+    import PIL
+    import timm
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", f"pillow=={PIL.__version__}",
+            "pandas", "numpy"]
+
+
+def log_model(tracker, run_id: str, name: str, files: dict[str, Path] | None, params: dict[str, Any],
+              tags: dict[str, Any], metrics: dict[str, float], data=None, pyfunc: bool = True) -> str:
+    """A LoggedModel of run `run_id`; returns its id (`models:/<id>` loads it).
+
+    `files` are the pyfunc's artifacts (`weights` and `meta`, or an ensemble's `meta` with `weights_<i>`,
+    `meta_<i>`); with `pyfunc=False` they are the model's plain files (a CLIP head, say), and None logs the
+    model's record, params, tags and metrics only. `metrics`
+    go to the run and the model, the test ones linked to the test split of `data`, the validation ones to
+    its validation split.
+    """
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelOutput, Metric
+    from mlflow.models import Model
+
+    client = tracker.client
+    tags = {**tags, **({"pyfunc": "false"} if files is None or not pyfunc else {})}
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id,
+        params={key: str(value)[:6000] for key, value in params.items()},
+        tags={key: str(value) for key, value in tags.items() if value not in (None, "")})
+    try:
+        if files is not None and not pyfunc:
+            with tempfile.TemporaryDirectory() as folder:
+                for path in files.values():
+                    shutil.copy(path, Path(folder) / Path(path).name)
+                client.log_model_artifacts(model.model_id, folder)
+        elif files is not None:
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "model"
+                # Input: a DataFrame of image paths or bytes, which no signature describes; MLflow says so.
+                pyfunc_log.setLevel(logging.ERROR)
+                mlflow.pyfunc.save_model(
+                    str(path), python_model=str(SERVING_CODE), artifacts={k: str(v) for k, v in files.items()},
+                    # The model's code travels with it, so it loads where the project is not installed.
+                    code_paths=[str(ROOT / "pipeline"), str(ROOT / "models")], pip_requirements=pip_requirements(),
+                    mlflow_model=Model(artifact_path=model.artifact_location, run_id=run_id,
+                                       model_id=model.model_id, model_uuid=model.model_id))
+                pyfunc_log.setLevel(logging.NOTSET)
+                for cache in path.rglob("__pycache__"):
+                    shutil.rmtree(cache, ignore_errors=True)
+                client.log_model_artifacts(model.model_id, str(path))
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        now = int(time.time() * 1000)
+        linked = []
+        for key, value in metrics.items():
+            where = {}
+            if data is not None and key in TEST_METRICS:
+                where = {"dataset_name": dataset_name(data, "test"), "dataset_digest": dataset_digest(data)}
+            elif data is not None and key in VAL_METRICS[:2] and data.val_fraction:
+                where = {"dataset_name": dataset_name(data, "val"), "dataset_digest": dataset_digest(data)}
+            linked.append(Metric(key, float(value), now, 0, model_id=model.model_id, **where))
+        if linked:
+            client.log_batch(run_id, metrics=linked)
+        client.finalize_logged_model(model.model_id, "READY")
+    except BaseException:
+        client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    return model.model_id
+
+
+def run_models(client, run_id: str) -> list:
+    """The READY LoggedModels of a run, newest first."""
+    run = client.get_run(run_id)
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{run_id}'", max_results=50)
+    ready = [m for m in found if str(m.status).endswith("READY")]
+    return sorted(ready, key=lambda m: m.creation_timestamp, reverse=True)
+
+
+def models_by_run(client, experiment_id: str, pyfunc_only: bool = False) -> dict[str, str]:
+    """Run id -> the id of its latest READY LoggedModel (with a pyfunc, if asked), for a whole experiment in
+    one search."""
+    found, token = [], None
+    while True:
+        page = client.search_logged_models(experiment_ids=[experiment_id], max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    latest: dict[str, Any] = {}
+    for model in sorted(found, key=lambda m: m.creation_timestamp):  # the latest of a run wins
+        if str(model.status).endswith("READY") and model.source_run_id and \
+                not (pyfunc_only and model.tags.get("pyfunc") == "false"):
+            latest[model.source_run_id] = model
+    return {run_id: model.model_id for run_id, model in latest.items()}
+
+
+def model_of_run(client, run_id: str) -> str | None:
+    """The id of a run's (latest) LoggedModel with a pyfunc, or None."""
+    for model in run_models(client, run_id):
+        if model.tags.get("pyfunc") != "false":
+            return model.model_id
+    return None
+
+
+def classifier_files(folder: Path, state_dict, meta: dict) -> dict[str, Path]:
+    """A network's pyfunc artifacts: its state dict and model.json, written into `folder`."""
+    import torch
+
+    torch.save(state_dict, folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    return {"weights": folder / "model.pt", "meta": folder / "model.json"}
+
+
+def download_model_files(tracker, model_id: str, folder: Path) -> tuple[Path, Path]:
+    """(weights, model.json) of a network's LoggedModel, downloaded into `folder`."""
+    import mlflow.artifacts
+
+    from pipeline.errors import PipelineError
+
+    model = tracker.client.get_logged_model(model_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in ("model.pt", "model.json"):
+        try:
+            paths.append(Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model.artifact_location.rstrip('/')}/artifacts/{name}", dst_path=str(folder),
+                tracking_uri=tracker.uri)))
+        except Exception:
+            raise PipelineError(f"model {model_id} has no {name}: give a model of a network trained by this "
+                                "version") from None
+    return paths[0], paths[1]
