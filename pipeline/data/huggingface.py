@@ -77,7 +77,7 @@ def load_image_tensors(source: str, split: str, image_column: str, label_column:
     key = "|".join(map(str, [source, split, image_column, label_column, in_chans, image_size, dataset._fingerprint]))
     cache_file = CACHE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if cache_file.exists():
-        images, labels, cached_classes = torch.load(cache_file)
+        images, labels, cached_classes = torch.load(cache_file, weights_only=True)
     else:
         images = decode_images(dataset[image_column], in_chans, image_size)
         labels = torch.as_tensor(dataset[label_column], dtype=torch.long)
