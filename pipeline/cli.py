@@ -65,7 +65,6 @@ def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[st
         detach: bool = typer.Option(False, "--detach", help="With --address: return after submitting.")) -> None:
     """Run an experiment spec as a workflow: its units run concurrently, cached ones are reused, cut-off ones
     resume (here, or on a cluster with --address)."""
-    from pipeline import workflow
     from pipeline.config import load_spec
 
     if dry_run:
@@ -87,9 +86,28 @@ def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[st
         return
     loaded = load_spec(spec, set_ or [], only or [], skip or [])
     _quiet_mlflow(verbose)
-    context = workflow.run(loaded, console, verbose, rerun or [])
+    context = run_workflow(loaded, verbose, rerun or [])
     if context.failures:
         raise PipelineError(context.failure_summary())
+
+
+def run_workflow(spec, verbose: bool, rerun: list[str]):
+    """`workflow.run`, with an interrupt ending the process with 130 (SIGINT) or 143 (SIGTERM).
+
+    The exit is handled here, not by Typer (which turns any KeyboardInterrupt into 130): a sweep's Tune loop
+    may still run in its unit's thread, the interpreter's exit would shut Ray down under it, and Ray's core
+    worker then ends the process with code 1. The workflow has marked its runs KILLED and said how to resume,
+    and a local Ray cluster ends with this process (Ray's fate sharing), so the process ends at once."""
+    from pipeline import workflow
+
+    try:
+        return workflow.run(spec, console, verbose, rerun)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, workflow.Interrupted):
+            Console(stderr=True).print("[bold red]interrupted[/]")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + getattr(exc, "signum", signal.SIGINT))
 
 
 def _quiet_mlflow(verbose: bool) -> None:
@@ -130,7 +148,7 @@ def rerun_run(run_id: str = typer.Argument(..., help="The MLflow run of a unit (
 
     _quiet_mlflow(verbose)
     old, spec, unit = workflow.rebuild(resolve_uri(tracking_uri), run_id, console)
-    context = workflow.run(spec, console, verbose, [unit])
+    context = run_workflow(spec, verbose, [unit])
     if context.failures:
         raise PipelineError(context.failure_summary())
     new = workflow.result_of(context, unit)
@@ -411,20 +429,6 @@ def main() -> None:
         # Rich markup off for the message: a URI's [brackets] or a value like [1 must print as they are.
         Console(stderr=True).print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt as exc:
-        from pipeline.workflow import Interrupted
-
-        if not isinstance(exc, Interrupted):  # the workflow has said what it stopped and how to resume
-            Console(stderr=True).print("[bold red]interrupted[/]")
-        code = 128 + getattr(exc, "signum", signal.SIGINT)
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            # A sweep's Tune loop may still run in its unit's thread: the interpreter's exit would shut Ray down
-            # under it, and Ray's core worker then ends the process with code 1. The runs are marked KILLED
-            # already, and a local Ray cluster ends with this process (Ray's fate sharing).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        sys.exit(code)
 
 
 if __name__ == "__main__":
