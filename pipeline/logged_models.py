@@ -96,7 +96,9 @@ def split_sizes(context, data, shape: dict[str, Any]) -> dict[str, int | None]:
     splits = context.splits(data)
     if splits is not None:
         return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
-    return {"train": shape["stream"].get("train_rows"), "val": None if data.val_fraction else 0}
+    stream = shape["stream"]
+    return {"train": stream["train"].num_rows if "train" in stream else None, "val": None if data.val_fraction else 0,
+            "test": stream["test"].num_rows if "test" in stream else None}
 
 
 def pip_requirements() -> list[str]:

@@ -129,13 +129,13 @@ def data_shape(context: RunContext, data: DataConfig) -> dict[str, Any]:
     if splits is not None:
         return {"in_chans": splits.train.in_chans, "image_size": splits.train.image_size, "classes": splits.classes,
                 "mean": splits.train.mean, "std": splits.train.std, "hflip": splits.train.hflip,
-                "splits_ref": context.splits_ref(data), "stream": {}, "test_labels": splits.test.labels}
+                "stream": {}, "test_labels": splits.test.labels}
     in_chans = data.in_chans or info.in_chans or 3
     image_size = data.image_size or info.image_size or 224
     stream = stream_args(data, info)
     mean, std = normalization(data, in_chans)
     return {"in_chans": in_chans, "image_size": image_size, "classes": stream["classes"], "mean": mean, "std": std,
-            "hflip": info.hflip, "splits_ref": None, "stream": stream, "test_labels": None}
+            "hflip": info.hflip, "stream": stream, "test_labels": None}
 
 
 def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
@@ -160,7 +160,7 @@ def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, da
     config = WorkerConfig(
         model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
         num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=mean,
-        std=std, hflip=shape["hflip"], threads=threads, splits_ref=shape["splits_ref"],
+        std=std, hflip=shape["hflip"], threads=threads, splits_ref=context.splits_ref(data),
         stream=stream, label=label, evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics)
     return config, shape
 
