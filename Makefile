@@ -2,7 +2,7 @@
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup quickstart test ui benchmark
+.PHONY: setup quickstart test test-all ui benchmark
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml scripts/setup.sh
 quickstart: $(STAMP)
 	$(VENV)/bin/pipeline run experiments/quickstart.yaml
 
+# The suite CI runs; test-all adds the slow tests (a second two-node cluster, the team server's PostgreSQL run,
+# the infra scripts' servers) and the fault-injection suite's whole table.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=12
+
+test-all: $(STAMP)
+	PIPELINE_FAULTS=all INFRA_E2E=1 $(VENV)/bin/python -m pytest -q
 
 ui: $(STAMP)
 	$(VENV)/bin/pipeline ui

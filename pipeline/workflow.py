@@ -490,7 +490,11 @@ def preflight_data(context: RunContext) -> None:
     a one-line error, not a failed unit."""
     from pipeline.data import dataset_info, is_streaming
 
-    data = context.spec.data
+    data, captions = context.spec.data, context.spec.clip.captions if context.spec.clip else None
+    if captions is not None and captions.path and "clip_pretrain" in context.spec.stages:
+        from pipeline.data.captions import open_caption_set
+
+        open_caption_set(captions.path, captions.split, captions.image_column, captions.text_column)
     if not is_streaming(data):
         context.splits(data)
         return

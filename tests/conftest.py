@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,57 @@ def ray_cluster():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_cluster_idle(request):
+    """Each test finds the shared local cluster's CPUs free: what an earlier test's runs held is released
+    within seconds (Ray Train's placement groups, Ray Data's tasks); if not, the cluster is started afresh,
+    with a line saying so, rather than the test waiting forever for CPUs."""
+    import ray
+
+    if "ray_cluster" not in request.fixturenames or not ray.is_initialized():
+        yield
+        return
+    from pipeline.cluster import init_ray
+
+    deadline = time.time() + 60
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        time.sleep(1)
+    if ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        sys.__stderr__.write(f"\n{request.node.nodeid}: the local Ray cluster's CPUs were still held after 60 s "
+                             f"({ray.available_resources()}); starting it afresh\n")
+        ray.shutdown()
+        init_ray(num_cpus=2)
+    yield
+
+
+def pytest_runtest_logreport(report):
+    """A failure is named the moment it happens (the summary comes only at the end of a long session)."""
+    if report.failed:
+        reason = report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else str(report.longrepr)
+        sys.__stderr__.write(f"\nFAILED {report.nodeid} ({report.when}): {reason.splitlines()[0][:300]}\n")
+        sys.__stderr__.flush()
+
+
+def pytest_unconfigure(config):
+    """Nothing keeps the test process alive once the results are out: threads that Ray, Tune or MLflow leave
+    behind are named, and the process ends with pytest's exit status instead of waiting for them."""
+    import threading
+
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if left:
+        sys.__stderr__.write(f"threads left running at exit: {', '.join(left)}\n")
+        sys.__stderr__.flush()
+        sys.stdout.flush()
+        os._exit(EXIT_STATUS.get("session", 1))
+
+
+EXIT_STATUS: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    EXIT_STATUS["session"] = int(exitstatus)
 
 
 def log_predictions(tracker, run_id: str, probs, labels, folder: Path) -> None:
@@ -113,8 +165,10 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("| " + " | ".join(cells) + " |")
 
 
-# The tiny workflow the tests of ensembles, reports, the registry, the leaderboard and the UI share: three
-# small networks trained by the real train stage (Ray Train, one worker each) on 300 synthetic images.
+# The tiny workflow the end-to-end tests and the tests of ensembles, reports, the registry, the leaderboard and
+# the UI share: three small networks trained by the real train stage on 300 synthetic images, resnet20 on two
+# Ray Train workers (DDP, test-set probabilities gathered from both), plain20 with the degradation plot's
+# per-epoch test error (experiments/resnet_degradation.yaml).
 TRAINED_MODELS = ("lenet5", "resnet20", "plain20")
 
 
@@ -134,7 +188,8 @@ def trained(ray_cluster, tmp_path_factory):
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     spec = parse_spec({
         "name": "tiny-zoo", "data": {"name": "synthetic", "synthetic_size": 300, "val_fraction": 0.2},
-        "models": list(TRAINED_MODELS),
+        "models": ["lenet5", {"name": "resnet20", "resources": {"num_workers": 2}},
+                   {"name": "plain20", "train": {"eval_test_every_epoch": True}}],
         "train": {"epochs": 2, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0},
         "resources": {"num_workers": 1}, "tracking": {"uri": uri, "experiment": "tiny-zoo"},
         "storage_path": str(folder / "checkpoints"), "stages": ["train", "ensemble", "leaderboard"],

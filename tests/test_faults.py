@@ -7,8 +7,10 @@ trial run twice, the final metrics of the training units and the sweep's choice 
 run's, and the interrupted command's exit code and message. A case runs the stage its fault lies in (`train`
 or `sweep`); the uninterrupted run, both.
 
-By default the three most telling cases run; PIPELINE_FAULTS=all runs the whole table (or a comma-separated
-list of case names). The table of cases and outcomes is printed at the end of the test session.
+By default the two most telling cases run (a killed driver mid-epoch, Ctrl-C in a sweep); PIPELINE_FAULTS=all
+runs the whole table (or a comma-separated list of case names). The table of cases and outcomes is printed at
+the end of the test session. The uninterrupted run also shows the workflow's concurrency and caching: its two
+training units ran at the same time on both nodes, and the same command again trains nothing.
 """
 import json
 import os
@@ -62,7 +64,7 @@ CASES = [
          exit_codes=(-9,), stages=("sweep",)),
     Case("worker-sigkill-mid-epoch", "SIGKILL of resnet20's Train worker", "resnet20 in epoch 2", exit_codes=(0,)),
 ]
-DEFAULT_CASES = ("sigkill-mid-epoch", "ctrl-c-sweep-trial", "tracking-server-restart")
+DEFAULT_CASES = ("sigkill-mid-epoch", "ctrl-c-sweep-trial")
 
 
 def selected() -> list[Case]:
@@ -177,7 +179,8 @@ def reference(cluster, server, tmp_path_factory):
     started = time.time()
     result = run_cli("run", spec.name, cwd=folder, env=env_for(cluster, server), timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {**state(MlflowClient(server.uri), "faults-reference"), "wall_s": time.time() - started}
+    return {**state(MlflowClient(server.uri), "faults-reference"), "wall_s": time.time() - started,
+            "folder": folder}
 
 
 def inject(case: Case, cluster, server, folder: Path, experiment: str) -> tuple[int, str, float]:
@@ -277,3 +280,45 @@ def check_sweep(case: Case, client, after: dict, reference: dict, finished_trial
     assert sweep.data.metrics["best_val_loss"] == pytest.approx(plain_sweep.data.metrics["best_val_loss"],
                                                                 **EQUAL["test_loss"])
     case.outcome["trials kept"] = f"{len(finished_trials)} of 2 (best lr {sweep.data.params['best.lr']})"
+
+
+def training_window(client, run) -> tuple[float, float]:
+    """A unit's first epoch's start to its last epoch's end, from the epochs' MLflow timestamps and durations."""
+    logged = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "epoch")}
+    first_epoch_s = next(m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s") if m.step == 1)
+    return logged[1] - first_epoch_s, logged[max(logged)]
+
+
+def test_the_uninterrupted_run_trained_its_units_at_once_on_both_nodes_and_a_rerun_is_cached(cluster, server,
+                                                                                            reference):
+    client = MlflowClient(server.uri)
+    units = reference["units"]
+    assert sorted(units) == ["sweep/lenet5", "train/lenet5", "train/resnet20"]
+    assert all(len(rs) == 1 and rs[0].info.status == "FINISHED" for rs in units.values())
+    training = [units["train/lenet5"][0], units["train/resnet20"][0]]
+    assert len({r.data.tags["ray_node_id"] for r in training}) == 2  # the units' workers ran on both nodes
+    # The two training units overlapped in time: their training windows and their runs.
+    for spans in (sorted(training_window(client, r) for r in training),
+                  sorted((r.info.start_time, r.info.end_time) for r in training)):
+        assert spans[1][0] < spans[0][1], spans
+    folder, env = reference["folder"], env_for(cluster, server)
+    board = run_cli("leaderboard", "-e", "faults-reference", "--format", "csv", cwd=folder, env=env)
+    assert board.returncode == 0 and len(board.stdout.strip().splitlines()) == 1 + len(training), board.stdout
+
+    # The same command again: nothing trains, every unit is reused.
+    again = run_cli("run", "spec.yaml", cwd=folder, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert all(f"{u} cached" in again.stdout for u in units) and f"reused {len(units)} cached unit(s)" in again.stdout
+    assert {u: [r.info.run_id for r in rs] for u, rs in state(client, "faults-reference")["units"].items()} == \
+        {u: [r.info.run_id for r in rs] for u, rs in units.items()}
+
+    # One model's recipe changed: `status` shows the plan first, then only that unit trains.
+    change = ["--set", "models.resnet20.train.epochs=1"]
+    status = run_cli("status", "spec.yaml", *change, cwd=folder, env=env)
+    lines = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if line.count("│") > 4}
+    assert "pending" in lines["train/resnet20"] and "cached" in lines["train/lenet5"], status.stdout
+    assert "cached" in lines["sweep/lenet5"]
+    changed = run_cli("run", "spec.yaml", *change, cwd=folder, env=env, timeout=600)
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    after = state(client, "faults-reference")["units"]
+    assert len(after["train/resnet20"]) == 2 and len(after["train/lenet5"]) == len(after["sweep/lenet5"]) == 1

@@ -1,4 +1,4 @@
-"""End to end on a real local Ray cluster (2 training workers) and a real MLflow store."""
+"""End to end on a real local Ray cluster and a real MLflow store."""
 import os
 from pathlib import Path
 
@@ -8,9 +8,11 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from pipeline import leaderboard, workflow
-from pipeline.config import parse_spec
+from pipeline.config import load_spec, parse_spec
 from pipeline.logged_models import download_model_files, model_of_run
 from pipeline.tracking import Tracker
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_spec(workdir: Path, **train) -> dict:
@@ -21,20 +23,12 @@ def tiny_spec(workdir: Path, **train) -> dict:
             "storage_path": str(workdir / "checkpoints")}
 
 
-def child_runs(client, context):
-    runs = client.search_runs([context.experiment_id], f"tags.mlflow.parentRunId = '{context.parent_run_id}'")
-    return {run.data.tags["model"]: run for run in runs}
-
-
-def test_spec_runs_end_to_end(ray_cluster, workdir):
-    spec = parse_spec(tiny_spec(workdir))
-    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
-    assert not context.failures
-    client = MlflowClient(spec.tracking.uri)
-    runs = child_runs(client, context)
-    assert set(runs) == {"lenet5", "resnet20"}
-    board = leaderboard.build(spec.tracking.uri, spec.experiment_name)
-    assert sorted(r["model"] for r in board.rows) == ["lenet5", "resnet20"]
+def test_spec_runs_end_to_end(trained):
+    """The shared tiny workflow (conftest `trained`): train on a real local Ray cluster, ensemble, leaderboard."""
+    context, client = trained.context, MlflowClient(trained.uri)
+    runs = {model: client.get_run(run_id) for model, run_id in trained.runs.items()}
+    board = leaderboard.build(trained.uri, trained.experiment)
+    assert set(runs) <= {r["model"] for r in board.rows}
     assert [r["top1_err"] for r in board.rows] == sorted(r["top1_err"] for r in board.rows)
     for model, run in runs.items():
         reported = context.outputs["train"][model]["metrics"]  # what the workers reported to Ray Train
@@ -42,7 +36,6 @@ def test_spec_runs_end_to_end(ray_cluster, workdir):
         assert run.info.status == "FINISHED"
         for key in ("top1", "top1_err", "top5_err", "val_loss", "val_top1", "train_loss", "train_samples_per_sec"):
             assert logged[key] == pytest.approx(reported[key]), key
-        assert logged["top1"] > 30  # well above chance (10%)
         assert logged["param_count"] > 0 and logged["gmacs"] > 0
         assert run.data.params["train.epochs"] == "2" and run.data.params["model"] == model
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_top1")) == [1, 2]
@@ -51,12 +44,14 @@ def test_spec_runs_end_to_end(ray_cluster, workdir):
         assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(model_id)}
         assert {"artifacts/model.pt", "artifacts/model.json"} <= \
             {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
-    weights, _ = download_model_files(Tracker(spec.tracking.uri), model_of_run(client, runs["lenet5"].info.run_id),
-                                      workdir / "weights")
+    assert runs["lenet5"].data.metrics["top1"] > 30  # well above chance (10%)
+    assert runs["resnet20"].data.params["resources.num_workers"] == "2"
+    weights, _ = download_model_files(Tracker(trained.uri), model_of_run(client, runs["lenet5"].info.run_id),
+                                      trained.folder / "weights")
     assert any(k.endswith("weight") for k in torch.load(weights, weights_only=True))
     # Test-set probabilities, gathered from both workers in data-set order, agree with the test accuracy.
     probs = torch.load(client.download_artifacts(runs["resnet20"].info.run_id, "predictions/test_probs.pt",
-                                                 str(workdir)))
+                                                 str(trained.folder)), weights_only=True)
     labels = context.data.test.labels
     assert probs.shape == (len(labels), 10)
     accuracy = 100 * (probs.float().argmax(1) == labels).float().mean().item()
@@ -64,6 +59,22 @@ def test_spec_runs_end_to_end(ray_cluster, workdir):
     parent = client.get_run(context.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(context.parent_run_id)} >= {"spec.yaml", "leaderboard.csv"}
+
+
+def test_degradation_curves_log_training_and_test_error_per_epoch(trained):
+    """experiments/resnet_degradation.yaml asks for the test error each epoch; the shared workflow's plain20
+    does the same: both error curves, one point per epoch, the last test point the run's final test error."""
+    spec = load_spec(ROOT / "experiments" / "resnet_degradation.yaml")
+    assert all(spec.train_config(entry).eval_test_every_epoch for entry in spec.models)
+    client = MlflowClient(trained.uri)
+    run_id = trained.runs["plain20"]
+    curves = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+              for key in ("train_top1_err", "test_top1_err")}
+    assert {key: sorted(points) for key, points in curves.items()} == {"train_top1_err": [1, 2],
+                                                                      "test_top1_err": [1, 2]}
+    assert all(0 <= value <= 100 for points in curves.values() for value in points.values())
+    assert curves["test_top1_err"][2] == pytest.approx(client.get_run(run_id).data.metrics["top1_err"])
+    assert not client.get_metric_history(trained.runs["lenet5"], "test_top1_err")  # only where asked
 
 
 def test_streamed_data_set_trains_through_the_same_loop(ray_cluster, workdir):

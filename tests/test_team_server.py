@@ -103,7 +103,7 @@ def test_pipeline_logs_to_the_team_server_with_credentials_from_the_environment(
     assert not context.failures
     run_id = context.outputs["train"]["lenet5"]["run_id"]
     client = MlflowClient(url)
-    # Per-epoch metrics came from the Ray Train worker, which logged with the forwarded credentials.
+    # Per-epoch metrics reached the server through the driver, the run's only MLflow writer, with the credentials.
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2]
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")

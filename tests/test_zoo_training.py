@@ -113,30 +113,3 @@ def test_googlenet_aux_losses_enter_training_with_weight_point_three():
     with torch.no_grad():
         evaluated = model.eval()(images)
     assert isinstance(evaluated, torch.Tensor) and evaluated.shape == (2, 10)  # heads off in evaluation
-
-
-def test_degradation_spec_logs_training_and_test_error_per_epoch(ray_cluster, workdir):
-    """experiments/resnet_degradation.yaml, shrunk to synthetic data: both error curves, one point per epoch."""
-    import os
-
-    from mlflow import MlflowClient
-    from rich.console import Console
-
-    from pipeline import workflow
-
-    spec = load_spec(ROOT / "experiments" / "resnet_degradation.yaml", [
-        "data.name=synthetic", "data.synthetic_size=400", "models=[plain20]", "train.epochs=2",
-        "train.batch_size=32", "train.lr=0.02", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-        f"storage_path={workdir / 'checkpoints'}"])
-    assert spec.train.eval_test_every_epoch
-    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
-    assert not context.failures
-    client = MlflowClient(spec.tracking.uri)
-    run_id = context.outputs["train"]["plain20"]["run_id"]
-    curves = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
-              for key in ("train_top1_err", "test_top1_err")}
-    assert {key: sorted(points) for key, points in curves.items()} == {"train_top1_err": [1, 2],
-                                                                      "test_top1_err": [1, 2]}
-    assert all(0 <= value <= 100 for points in curves.values() for value in points.values())
-    # the last epoch's test error is the final test error of the run
-    assert curves["test_top1_err"][2] == pytest.approx(client.get_run(run_id).data.metrics["top1_err"])

@@ -133,12 +133,12 @@ def pairs_from_labels(data: ImageTensors, templates: list[str], descriptions: di
     return CaptionPairs(data.images, data.labels, captions, _pad_groups(groups), data.mean, data.std, data.hflip)
 
 
-def pairs_from_dataset(source: str, split: str, image_column: str, text_column: str, in_chans: int,
-                       image_size: int, limit: int | None = None) -> CaptionPairs:
-    """A `datasets` image-caption set: a text column of strings (or lists of strings, several per image)."""
+def open_caption_set(source: str, split: str, image_column: str, text_column: str):
+    """The `datasets` split of an image-caption set, its image and text columns checked (before any run
+    starts: a wrong column is a one-line error, not a failed stage)."""
     import datasets
 
-    from pipeline.data.huggingface import decode_images, open_dataset
+    from pipeline.data.huggingface import open_dataset
 
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # a one-off local read: the stage prints its own progress
@@ -151,6 +151,15 @@ def pairs_from_dataset(source: str, split: str, image_column: str, text_column: 
         if column not in dataset.features:
             raise PipelineError(f"caption data set '{source}' has no {role} column '{column}' (columns: "
                                 f"{', '.join(dataset.features)}): set clip.captions.{role}_column")
+    return dataset
+
+
+def pairs_from_dataset(source: str, split: str, image_column: str, text_column: str, in_chans: int,
+                       image_size: int, limit: int | None = None) -> CaptionPairs:
+    """A `datasets` image-caption set: a text column of strings (or lists of strings, several per image)."""
+    from pipeline.data.huggingface import decode_images
+
+    dataset = open_caption_set(source, split, image_column, text_column)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     captions, groups = [], []
