@@ -34,7 +34,19 @@ def ray_cluster():
 
     init_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
+    bounded_shutdown(ray)
+
+
+def bounded_shutdown(ray, timeout: float = 60) -> None:
+    """`ray.shutdown()`, given at most `timeout` s: after a test that timed out inside a Ray Train run, a hung
+    shutdown must not keep the session from reporting."""
+    import threading
+
+    done = threading.Thread(target=ray.shutdown, daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        sys.__stderr__.write(f"ray.shutdown() did not return within {timeout:.0f} s; leaving it\n")
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +66,23 @@ def ray_cluster_idle(request):
         time.sleep(1)
     if ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
         sys.__stderr__.write(f"\n{request.node.nodeid}: the local Ray cluster's CPUs were still held after 60 s "
-                             f"({ray.available_resources()}); starting it afresh\n")
-        ray.shutdown()
+                             f"({ray.available_resources()}, by {holders_of_cpus()}); starting it afresh\n")
+        bounded_shutdown(ray)
         init_ray(num_cpus=2)
     yield
+
+
+def holders_of_cpus() -> str:
+    """The live actors and placement groups of the local cluster, for the line that says its CPUs were held."""
+    try:
+        from ray.util.state import list_actors, list_placement_groups
+
+        actors = [f"{a.class_name}({a.state})" for a in list_actors(filters=[("state", "!=", "DEAD")])]
+        groups = [f"{g.name or g.placement_group_id[:8]}({g.state})" for g in list_placement_groups()
+                  if g.state != "REMOVED"]
+        return f"actors {actors}, placement groups {groups}"
+    except Exception as exc:  # the state API may be what is broken
+        return f"unknown ({exc})"
 
 
 def pytest_runtest_logreport(report):
