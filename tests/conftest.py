@@ -65,11 +65,21 @@ def ray_cluster_idle(request):
     while time.time() < deadline and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
         time.sleep(1)
     if ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        sys.__stderr__.write(f"\n{request.node.nodeid}: the local Ray cluster's CPUs were still held after 60 s "
-                             f"({ray.available_resources()}, by {holders_of_cpus()}); starting it afresh\n")
+        say(request.config, f"{request.node.nodeid}: the local Ray cluster's CPUs were still held after 60 s "
+                            f"({ray.available_resources().get('CPU', 0):g} of {ray.cluster_resources()['CPU']:g} free; "
+                            f"{holders_of_cpus()}); starting it afresh")
         bounded_shutdown(ray)
         init_ray(num_cpus=2)
     yield
+
+
+def say(config, line: str) -> None:
+    """A line on the terminal at once, even from inside a test whose output pytest captures."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    terminal = config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled():
+        terminal.write_line("")
+        terminal.write_line(line)
 
 
 def holders_of_cpus() -> str:
@@ -85,12 +95,14 @@ def holders_of_cpus() -> str:
         return f"unknown ({exc})"
 
 
-def pytest_runtest_logreport(report):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
     """A failure is named the moment it happens (the summary comes only at the end of a long session)."""
+    report = (yield).get_result()
     if report.failed:
-        reason = report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else str(report.longrepr)
-        sys.__stderr__.write(f"\nFAILED {report.nodeid} ({report.when}): {reason.splitlines()[0][:300]}\n")
-        sys.__stderr__.flush()
+        crash = getattr(report.longrepr, "reprcrash", None)
+        reason = (crash.message if crash else str(report.longrepr)).strip().splitlines() or [""]
+        say(item.config, f"FAILED {report.nodeid} ({report.when}): {reason[0][:300]}")
 
 
 def pytest_unconfigure(config):
