@@ -485,13 +485,13 @@ def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, r
     return engine
 
 
-def preflight_data(context: RunContext) -> None:
+def preflight_data(context: RunContext, stages: set[str]) -> None:
     """Load the data set (or open a streamed one) before any run is written: a missing or corrupt file is
     a one-line error, not a failed unit."""
     from pipeline.data import dataset_info, is_streaming
 
     data, captions = context.spec.data, context.spec.clip.captions if context.spec.clip else None
-    if captions is not None and captions.path and "clip_pretrain" in context.spec.stages:
+    if captions is not None and captions.path and "clip_pretrain" in stages:
         from pipeline.data.captions import open_caption_set
 
         open_caption_set(captions.path, captions.split, captions.image_column, captions.text_column)
@@ -512,7 +512,7 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     context, tracker = engine.context, engine.context.tracker
     to_run = [u for u in engine.units if engine.states[u.name].state != "cached"]
     if any(u.uses_data for u in to_run):
-        preflight_data(context)
+        preflight_data(context, {u.stage for u in to_run})
     if any(u.stage in ("train", "sweep", "retrain") for u in to_run):
         from pipeline.model_checks import check_model_kwargs
 

@@ -61,13 +61,15 @@ def ray_cluster_idle(request):
         return
     from pipeline.cluster import init_ray
 
-    deadline = time.time() + 60
-    while time.time() < deadline and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+    def free_cpus() -> float:
+        return ray.available_resources().get("CPU", 0)
+
+    total, deadline = ray.cluster_resources()["CPU"], time.time() + 60
+    while time.time() < deadline and free_cpus() < total:
         time.sleep(1)
-    if ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+    if free_cpus() < total:
         say(request.config, f"{request.node.nodeid}: the local Ray cluster's CPUs were still held after 60 s "
-                            f"({ray.available_resources().get('CPU', 0):g} of {ray.cluster_resources()['CPU']:g} free; "
-                            f"{holders_of_cpus()}); starting it afresh")
+                            f"({free_cpus():g} of {total:g} free; {holders_of_cpus()}); starting it afresh")
         bounded_shutdown(ray)
         init_ray(num_cpus=2)
     yield
