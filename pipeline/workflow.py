@@ -486,8 +486,9 @@ def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, r
 
 
 def preflight_data(context: RunContext, stages: set[str]) -> None:
-    """Load the data set (or open a streamed one) before any run is written: a missing or corrupt file is
-    a one-line error, not a failed unit."""
+    """Load the data set (or open a streamed one), and the caption set if a pretraining unit is among the
+    `stages` about to run, before any run is written: a missing or corrupt file, or a wrong column, is a
+    one-line error, not a failed unit."""
     from pipeline.data import dataset_info, is_streaming
 
     data, captions = context.spec.data, context.spec.clip.captions if context.spec.clip else None
