@@ -80,7 +80,8 @@ class RunWriter:
         kind = event["kind"]
         if kind == "epoch":
             test_fault("before_epoch_write", event.get("model"), event["metrics"]["epoch"])
-            self.epoch(event["metrics"])
+            if not self.epoch(event["metrics"]):
+                return  # an epoch a restarted worker sent again: logged and shown already
             test_fault("after_epoch_write", event.get("model"), event["metrics"]["epoch"])
         elif kind == "system":  # a node's CPU, memory and GPU use (pipeline.system_metrics)
             self.tracker.log(self.run_id, event["metrics"], step=int(event["step"]))
@@ -96,13 +97,15 @@ class RunWriter:
         if self.show is not None:
             self.show(event)
 
-    def epoch(self, metrics: dict[str, float]) -> None:
+    def epoch(self, metrics: dict[str, float]) -> bool:
+        """Log an epoch's metrics unless they are logged already; whether they were new."""
         step = int(metrics["epoch"])
         with self._lock:
             if step in self.logged:
-                return
+                return False
             self.tracker.log(self.run_id, metrics, step=step)
             self.logged.add(step)
+            return True
 
     def history(self, history: list[dict[str, Any]]) -> None:
         for metrics in history:
