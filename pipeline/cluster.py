@@ -19,7 +19,15 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     local = not os.environ.get("RAY_ADDRESS")
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner needs: without it a
     # Train run whose controller is killed (a sweep trial stopped by ASHA) keeps its CPUs until Ray exits.
-    ray.init(num_cpus=num_cpus if local else None, include_dashboard=True if local else None,
+    # The cleaner finds the API by looking for Ray on this machine, and fails for good (its monitor thread
+    # dies) where there is more than one, another user's run or a killed driver's leftovers: the cluster's
+    # processes inherit its address instead.
+    dashboard = {}
+    if local:
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+    ray.init(num_cpus=num_cpus if local else None, **dashboard,
              log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
              configure_logging=True)
 
@@ -51,6 +59,7 @@ class LocalCluster:
         gcs, dashboard = free_port(), free_port()
         self.temp = Path("/tmp") / f"rt{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
         self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
+        self.env["RAY_API_SERVER_ADDRESS"] = self.dashboard  # its processes' state API (see init_ray)
         ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                  "--metrics-export-port", "--runtime-env-agent-port"]
         try:

@@ -1,6 +1,9 @@
 """Sweeps on a real local Ray cluster and a real MLflow store: trials as child runs, ASHA, failures,
 the retrain stage, and bad input. Interrupted and killed sweeps resume: tests/test_faults.py."""
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,50 @@ def test_sweep_trials_are_child_runs_best_config_recorded_failed_trial_does_not_
     board = leaderboard.build(spec.tracking.uri, spec.experiment_name)
     assert [row["run_id"] for row in board.rows] == [retrain.info.run_id]
     assert context.failures == []  # a failed trial does not fail the sweep
+
+
+def test_a_train_run_whose_controller_is_killed_frees_its_cpus_while_another_ray_runs_here(ray_cluster, tmp_path):
+    """A sweep trial that ASHA stops is killed with its Train controller; Ray Train's placement-group cleaner
+    then frees the trial's CPUs. It looks for its cluster's state API on this machine, and with a second Ray
+    instance here (another user's run, a killed driver's leftovers) it gave up for good: the CPUs stayed held
+    until Ray exited, and a retrain needing them waited forever."""
+    import ray
+
+    other = subprocess.Popen([sys.executable, "-c", "import ray, sys; ray.init(num_cpus=1, include_dashboard=True, "
+                              "logging_level='ERROR'); print('up', flush=True); sys.stdin.read(); ray.shutdown()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        started = tmp_path / "started"
+
+        @ray.remote(num_cpus=0)
+        class Trial:  # a Tune trial as Ray Tune runs one: an actor that waits on its Train run
+            def fit(self, marker: str) -> None:
+                from ray.train import RunConfig, ScalingConfig
+                from ray.train.torch import TorchTrainer
+
+                def loop():
+                    Path(marker).touch()
+                    time.sleep(600)
+
+                TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                             run_config=RunConfig(name="held", storage_path=str(tmp_path))).fit()
+
+        total = ray.cluster_resources()["CPU"]
+        trial = Trial.remote()
+        trial.fit.remote(str(started))
+        deadline = time.time() + 180
+        while not started.exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert started.exists() and ray.available_resources().get("CPU", 0) <= total - 1
+        ray.kill(trial)
+        deadline = time.time() + 60
+        while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+            time.sleep(1)
+        assert ray.available_resources().get("CPU", 0) == total
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
 
 
 @pytest.mark.parametrize("sweep, message", [
