@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 
 
 def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -21,15 +22,32 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     # Train run whose controller is killed (a sweep trial stopped by ASHA) keeps its CPUs until Ray exits.
     # The cleaner finds the API by looking for Ray on this machine, and fails for good (its monitor thread
     # dies) where there is more than one, another user's run or a killed driver's leftovers: the cluster's
-    # processes inherit its address instead.
-    dashboard = {}
-    if local:
-        port = free_port()
-        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
-    ray.init(num_cpus=num_cpus if local else None, **dashboard,
-             log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
-             configure_logging=True)
+    # processes inherit its address instead. Not this process: the variable overrides the address given to
+    # any Ray Jobs or state client.
+    logs = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR,
+            "configure_logging": True}
+    if not local:
+        ray.init(**logs)
+        return
+    port = free_port()
+    with cluster_environment({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}):
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **logs)
+
+
+@contextmanager
+def cluster_environment(variables: dict[str, str]):
+    """Environment variables for the Ray processes started inside the block (they inherit this process's
+    environment), restored afterwards."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class LocalCluster:
@@ -59,7 +77,6 @@ class LocalCluster:
         gcs, dashboard = free_port(), free_port()
         self.temp = Path("/tmp") / f"rt{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit
         self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
-        self.env["RAY_API_SERVER_ADDRESS"] = self.dashboard  # its processes' state API (see init_ray)
         ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                  "--metrics-export-port", "--runtime-env-agent-port"]
         try:
@@ -76,7 +93,9 @@ class LocalCluster:
                                 str(dashboard), "--ray-client-server-port", str(free_port())]
                 else:
                     command += ["--address", self.gcs]
-                self.processes.append(subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL,
+                # Its processes' state API (see init_ray); not in self.env, which drivers and clients use.
+                node_env = {**self.env, "RAY_API_SERVER_ADDRESS": self.dashboard}
+                self.processes.append(subprocess.Popen(command, env=node_env, stdout=subprocess.DEVNULL,
                                                        stderr=subprocess.DEVNULL, start_new_session=True))
                 if index == 0:
                     wait_for(lambda: http_answers(f"{self.dashboard}/api/version"), 300, "the Ray head's dashboard")

@@ -79,6 +79,18 @@ class WorkflowDisplay:
         with self._lock:
             self.rows.pop(unit, None)
 
+    def still_starting(self, after_s: float) -> list[str]:
+        """Units whose workers have not started `after_s` seconds after their run did and that were not named."""
+        now = time.time()
+        with self._lock:
+            return [unit for unit, row in self.rows.items() if row["state"] == "starting workers"
+                    and now - row["started"] > after_s and not row.get("named")]
+
+    def named(self, unit: str) -> None:
+        with self._lock:
+            if unit in self.rows:
+                self.rows[unit]["named"] = True
+
     def _table(self) -> Table:
         table = Table(box=None, show_header=True, header_style="dim")
         for column in ("unit", "epoch", "state", "loss", "acc", "img/s", "ETA"):

@@ -45,6 +45,7 @@ from pipeline.units import (CODE_TAG, KEY_TAG, LEASE_EXPIRES_TAG, LEASE_OWNER_TA
 LEASE_S = 30.0  # a lease not renewed for this long belongs to a dead driver
 HEARTBEAT_S = 5.0
 WAIT_POLL_S = 3.0
+STARVED_S = 60.0  # a unit's workers not started after this long, for want of resources, are named
 
 
 class Interrupted(KeyboardInterrupt):
@@ -239,6 +240,31 @@ class Engine:
                     self.context.tracker.client.set_tag(run_id, LEASE_EXPIRES_TAG, f"{time.time() + LEASE_S:.0f}")
                 except Exception:
                     pass  # a tracking server away for a moment: the next beat tries again
+            try:
+                self.name_starved_units()
+            except Exception:
+                pass  # Ray shutting down: the leases above are what must not stop
+
+    def name_starved_units(self) -> None:
+        """A unit admitted by this engine fits in what its other units leave; if a minute later its workers
+        have not started and a placement group still waits, something outside this workflow holds what
+        they need (another job on the cluster): say so, once, instead of a silent wait."""
+        import ray
+        from ray.util import placement_group_table
+
+        display = self.context.display
+        if display is None or not ray.is_initialized():
+            return
+        stalled = display.still_starting(STARVED_S)
+        if not stalled or not any(g["state"] == "PENDING" for g in placement_group_table().values()):
+            return
+        free = ray.available_resources()
+        for name in stalled:
+            display.named(name)
+            need = demand(self.states[name].unit)
+            self.context.print(f"[yellow]{name}[/]: its workers still wait for {_describe(need)} after "
+                               f"{STARVED_S:g} s; the cluster has {_describe({k: free.get(k, 0) for k in need})} "
+                               "free, the rest held outside this workflow (`ray status` shows by what)")
 
     def close_orphans(self, keep: bool) -> int:
         """RUNNING runs of this spec whose driver is dead: KILLED; with `keep`, not those of this plan's units

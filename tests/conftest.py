@@ -20,9 +20,7 @@ def workdir(tmp_path, monkeypatch):
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """The `pipeline` command as a user runs it."""
-    # Not this test process's own tracking server or Ray cluster (init_ray sets its API address here).
-    full_env = {key: value for key, value in os.environ.items()
-                if key not in ("MLFLOW_TRACKING_URI", "RAY_API_SERVER_ADDRESS")}
+    full_env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
@@ -91,9 +89,11 @@ def holders_of_cpus() -> str:
     try:
         from ray.util.state import list_actors, list_placement_groups
 
-        # The state API reads this process's cluster from $RAY_API_SERVER_ADDRESS (see init_ray).
-        actors = [f"{a.class_name}({a.state})" for a in list_actors(filters=[("state", "!=", "DEAD")])]
-        groups = [f"{g.name or g.placement_group_id[:8]}({g.state})" for g in list_placement_groups()
+        import ray
+
+        address = ray.get_runtime_context().gcs_address  # not found by looking: there may be other clusters here
+        actors = [f"{a.class_name}({a.state})" for a in list_actors(address, filters=[("state", "!=", "DEAD")])]
+        groups = [f"{g.name or g.placement_group_id[:8]}({g.state})" for g in list_placement_groups(address)
                   if g.state != "REMOVED"]
         return f"actors {actors}, placement groups {groups}"
     except Exception as exc:  # the state API may be what is broken

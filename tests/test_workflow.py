@@ -1,10 +1,18 @@
 """Workflows on a real two-node Ray cluster and a real MLflow server: failures and bad requests are one-line
-messages that lose nothing. Units running concurrently on both nodes, a finished spec run again training
-nothing, a changed recipe retraining only its unit, interrupts, kills and resume: tests/test_faults.py."""
+messages that lose nothing; a unit waiting for CPUs another job holds says so. Units running concurrently
+on both nodes, a finished spec run again training nothing, a changed recipe retraining only its unit,
+interrupts, kills and resume: tests/test_faults.py."""
+import io
+import threading
+import time
 from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
+from rich.console import Console
+
+from pipeline import workflow
+from pipeline.config import parse_spec
 
 from conftest import run_cli
 
@@ -75,3 +83,34 @@ def test_a_failing_unit_does_not_stop_the_others_and_bad_requests_are_one_line_e
                         sweep={"space": {"lr": {"type": "choice", "values": [0.01]}}})
     refused = run_cli("validate", lonely.name, cwd=workdir, env=env)
     assert refused.returncode == 2 and "no stage produces" in refused.stderr
+
+
+def test_a_unit_whose_workers_wait_for_cpus_held_outside_the_workflow_says_so(ray_cluster, workdir, monkeypatch):
+    """Another job holds one of the cluster's two CPUs: the unit's two workers wait, and after the wait a line
+    says what they wait for (it was a silent wait); once the other job ends, the unit trains."""
+    from ray.util import placement_group, placement_group_table, remove_placement_group
+
+    monkeypatch.setattr(workflow, "STARVED_S", 3.0)
+    spec = yaml.safe_load(write_spec(workdir, "wf-starved", ["lenet5"], epochs=1, size=200).read_text())
+    spec["resources"]["num_workers"] = 2
+    spec["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}
+    other_job = placement_group([{"CPU": 1}])
+    ray_cluster.get(other_job.ready(), timeout=60)
+    out = io.StringIO()
+
+    def end_the_other_job_once_named():
+        deadline = time.time() + 240
+        while "still wait" not in out.getvalue() and time.time() < deadline:
+            time.sleep(0.5)
+        remove_placement_group(other_job)
+
+    threading.Thread(target=end_the_other_job_once_named, daemon=True).start()
+    try:
+        context = workflow.run(parse_spec(spec), Console(file=out, width=400))
+    finally:
+        if placement_group_table(other_job)["state"] != "REMOVED":
+            remove_placement_group(other_job)
+    named = [line for line in out.getvalue().splitlines() if "still wait" in line]
+    assert named == ["train/lenet5: its workers still wait for 2 CPU after 3 s; the cluster has 1 CPU free, the "
+                     "rest held outside this workflow (`ray status` shows by what)"]
+    assert context.failures == [] and "test: top-1" in out.getvalue()
