@@ -64,8 +64,9 @@ class WorkflowDisplay:
                            else "training", loss=f"{m['train_loss']:.4f}",
                            acc=f"{m.get('val_top1', m.get('train_top1', float('nan'))):.2f}%")
                 self.print(f"[bold]{unit}[/] {line(m)}")
-            elif kind == "resumed":
-                self.print(f"[bold yellow]{unit}[/] workers restarted: resuming after epoch {event['epoch']}")
+            elif kind == "resumed":  # before any step: a resumed run's first workers; later: a restart
+                how = "continues" if row["state"] == "starting workers" else "workers restarted: resuming"
+                self.print(f"[bold yellow]{unit}[/] {how} from its checkpoint after epoch {event['epoch']}")
             elif kind == "final":
                 m = event["metrics"]
                 if "top1" in m:
