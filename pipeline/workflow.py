@@ -533,7 +533,7 @@ def preflight_data(context: RunContext, stages: set[str]) -> None:
 def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> RunContext:
     """Run a spec's workflow; returns its context (outputs per stage, failed unit names)."""
     from pipeline.progress import WorkflowDisplay
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import Tracker, patient_writes
 
     engine = prepare(spec, console, verbose, rerun)
     context, tracker = engine.context, engine.context.tracker
@@ -579,7 +579,7 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         signal.signal(sig, on_signal)
     status = "FAILED"
     try:
-        with WorkflowDisplay(context.console) as display:
+        with WorkflowDisplay(context.console) as display, patient_writes():  # an interrupt's writes: fast
             context.display = display
             engine.execute(total)
         status = "FAILED" if context.failures else "FINISHED"

@@ -51,7 +51,7 @@ CASES = [
     Case("ctrl-c-sweep-trial", "Ctrl-C (SIGINT to the process group)", "the second trial of the sweep running",
          "SIGINT", group=True, exit_codes=(130,), stages=("sweep",)),
     Case("tracking-server-restart", "tracking server stopped for 8 s, then restarted", "resnet20 in epoch 2",
-         exit_codes=(0, 2)),
+         exit_codes=(0,)),
     Case("ctrl-c-before-first-report", "Ctrl-C (SIGINT to the process group)", "resnet20 started, no epoch reported",
          "SIGINT", group=True, exit_codes=(130,)),
     Case("sigint-driver-mid-epoch", "SIGINT to the driver alone", "resnet20 in epoch 2", "SIGINT", exit_codes=(130,)),
