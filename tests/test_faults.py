@@ -282,13 +282,6 @@ def check_sweep(case: Case, client, after: dict, reference: dict, finished_trial
     case.outcome["trials kept"] = f"{len(finished_trials)} of 2 (best lr {sweep.data.params['best.lr']})"
 
 
-def training_window(client, run) -> tuple[float, float]:
-    """A unit's first epoch's start to its last epoch's end, from the epochs' MLflow timestamps and durations."""
-    logged = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "epoch")}
-    first_epoch_s = next(m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s") if m.step == 1)
-    return logged[1] - first_epoch_s, logged[max(logged)]
-
-
 def test_the_uninterrupted_run_trained_its_units_at_once_on_both_nodes_and_a_rerun_is_cached(cluster, server,
                                                                                             reference):
     client = MlflowClient(server.uri)
@@ -297,10 +290,11 @@ def test_the_uninterrupted_run_trained_its_units_at_once_on_both_nodes_and_a_rer
     assert all(len(rs) == 1 and rs[0].info.status == "FINISHED" for rs in units.values())
     training = [units["train/lenet5"][0], units["train/resnet20"][0]]
     assert len({r.data.tags["ray_node_id"] for r in training}) == 2  # the units' workers ran on both nodes
-    # The two training units overlapped in time: their training windows and their runs.
-    for spans in (sorted(training_window(client, r) for r in training),
-                  sorted((r.info.start_time, r.info.end_time) for r in training)):
-        assert spans[1][0] < spans[0][1], spans
+    # The engine started the two training units together and they ran at the same time. (Not their training
+    # windows: LeNet-5 trains for about 1.5 s here, so whether that overlaps ResNet-20's depends on when each
+    # one's workers came up, 5 s apart in one run, not on the engine.)
+    spans = sorted((r.info.start_time / 1000, r.info.end_time / 1000) for r in training)
+    assert spans[1][0] < spans[0][1] and spans[1][0] - spans[0][0] < 10, spans
     folder, env = reference["folder"], env_for(cluster, server)
     board = run_cli("leaderboard", "-e", "faults-reference", "--format", "csv", cwd=folder, env=env)
     assert board.returncode == 0 and len(board.stdout.strip().splitlines()) == 1 + len(training), board.stdout
