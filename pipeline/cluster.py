@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
 
 
 def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -29,25 +28,11 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     if not local:
         ray.init(**logs)
         return
+    from pipeline.environment import environment_set
+
     port = free_port()
-    with cluster_environment({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}):
+    with environment_set({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}):
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **logs)
-
-
-@contextmanager
-def cluster_environment(variables: dict[str, str]):
-    """Environment variables for the Ray processes started inside the block (they inherit this process's
-    environment), restored afterwards."""
-    before = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class LocalCluster:

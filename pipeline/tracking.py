@@ -13,10 +13,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.environment import environment_set
 from pipeline.errors import PipelineError
 
 # Fail fast on a dead server instead of retrying for minutes (MLflow's default), except while a workflow's
@@ -29,19 +29,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
-@contextmanager
 def patient_writes():
     """While a workflow's units run, for hours after the server was found up: MLflow's own retries (7, the
     wait doubling from 2 s, about 4 minutes in all), so a tracking server that restarts delays the writes
     instead of failing a unit. MLflow reads the setting at each request."""
-    if _RETRIES_CHOSEN:
-        yield
-        return
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "7"
-    try:
-        yield
-    finally:
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "2"
+    return environment_set({} if _RETRIES_CHOSEN else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"})
 
 
 def resolve_uri(spec_uri: str | None = None) -> str:
