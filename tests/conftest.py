@@ -29,8 +29,9 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster with 2 CPUs, shared by the tests that train."""
-    from pipeline.cluster import init_ray
     import ray
+
+    from pipeline.engine.cluster import init_ray
 
     init_ray(num_cpus=2)
     yield ray
@@ -59,7 +60,7 @@ def ray_cluster_idle(request):
     if "ray_cluster" not in request.fixturenames or not ray.is_initialized():
         yield
         return
-    from pipeline.cluster import init_ray
+    from pipeline.engine.cluster import init_ray
 
     def free_cpus() -> float:
         return ray.available_resources().get("CPU", 0)
@@ -87,9 +88,8 @@ def say(config, line: str) -> None:
 def holders_of_cpus() -> str:
     """The live actors and placement groups of the local cluster, for the line that says its CPUs were held."""
     try:
-        from ray.util.state import list_actors, list_placement_groups
-
         import ray
+        from ray.util.state import list_actors, list_placement_groups
 
         address = ray.get_runtime_context().gcs_address  # not found by looking: there may be other clusters here
         actors = [f"{a.class_name}({a.state})" for a in list_actors(address, filters=[("state", "!=", "DEAD")])]
@@ -148,13 +148,13 @@ class MlflowServer:
     `start` again keep its data and its port (a tracking server restarted mid-run)."""
 
     def __init__(self, folder: Path, env: dict[str, str]):
-        from pipeline.cluster import free_port
+        from pipeline.engine.cluster import free_port
 
         self.folder, self.env, self.port, self.process = folder, env, free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "MlflowServer":
-        from pipeline.cluster import http_answers, wait_for
+        from pipeline.engine.cluster import http_answers, wait_for
 
         self.process = subprocess.Popen(
             [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
@@ -179,7 +179,7 @@ def cluster(tmp_path_factory):
     """A real two-node Ray cluster on this machine (head and a second node as separate `ray start` processes,
     token auth on; 1 CPU each, the second with resource node2) and an MLflow server, shared by the tests
     that need a cluster (Ray Jobs, the workflow's concurrent units, resume, faults)."""
-    from pipeline.cluster import LocalCluster
+    from pipeline.engine.cluster import LocalCluster
 
     env = clean_env()
     server = MlflowServer(tmp_path_factory.mktemp("cluster"), env).start()
@@ -222,9 +222,9 @@ def trained(ray_cluster, tmp_path_factory):
 
     from rich.console import Console
 
-    from pipeline import workflow
-    from pipeline.config import parse_spec
-    from pipeline.tracking import Tracker
+    from pipeline.engine import workflow
+    from pipeline.spec.loading import parse_spec
+    from pipeline.tracking.store import Tracker
 
     folder = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

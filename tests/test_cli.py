@@ -1,7 +1,6 @@
 """The command as a user runs it: bad input ends in one line that names the problem, and writes nothing."""
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 GOOD = """name: t

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from mlflow import MlflowClient
 from PIL import Image
 from rich.console import Console
 
-from conftest import run_cli
-from pipeline import workflow
-from pipeline.clip import classification_metrics, contrastive_loss, create_model, retrieval_recall
-from pipeline.config import parse_spec
+from models.clip import create_model
+from pipeline.clip.evaluation import classification_metrics, retrieval_recall
+from pipeline.clip.loop import contrastive_loss
 from pipeline.data.captions import pairs_from_dataset, pairs_from_labels
 from pipeline.data.synthetic import make_synthetic
+from pipeline.engine import workflow
 from pipeline.errors import PipelineError
+from pipeline.spec.loading import parse_spec
 
 QUIET = Console(file=open(os.devnull, "w"))
 
@@ -153,7 +155,7 @@ def test_pretraining_feeds_zero_shot_through_mlflow(ray_cluster, workdir):
     assert rows["clip-rn-32 (zero-shot)"]["top1"] == pytest.approx(zero_shot["top1"])
     assert "clip-rn-32 (linear probe)" in rows
     # Both results are LoggedModels of their runs: the head's weights, model.json, test metrics linked.
-    from pipeline.logged_models import run_models
+    from pipeline.tracking.logged_models import run_models
 
     for name in ("clip-rn-32 (zero-shot)", "clip-rn-32 (linear probe)"):
         (model,) = run_models(client, rows[name]["run_id"])

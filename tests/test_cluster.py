@@ -1,10 +1,11 @@
 """A real two-node Ray cluster on this machine (head and a second node as separate `ray start` processes,
 token auth on), a sweep submitted through Ray Jobs, results in an MLflow server reached over HTTP."""
 import yaml
+from conftest import run_cli
 from mlflow import MlflowClient
 
-from conftest import run_cli
-from pipeline.cluster import free_port
+from pipeline.engine.cluster import free_port
+
 
 def test_sweep_submitted_through_ray_jobs_runs_on_both_nodes_and_tracks_to_mlflow_server(cluster, workdir):
     spec = {"name": "clustersweep", "data": {"name": "synthetic", "synthetic_size": 200, "val_fraction": 0.25},

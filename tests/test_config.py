@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import load_spec, parse_spec
 from pipeline.errors import PipelineError
+from pipeline.spec.loading import load_spec, parse_spec
 
 BASE = {"name": "t", "data": {"name": "synthetic"}, "models": ["lenet5"]}
 

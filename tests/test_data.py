@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import DataConfig
 from pipeline.data import load_splits
 from pipeline.data.augment import Augment, normalize, random_hflip, random_translate
 from pipeline.data.batches import TensorBatches
@@ -16,6 +15,7 @@ from pipeline.data.huggingface import load_image_tensors
 from pipeline.data.idx import read_idx
 from pipeline.data.synthetic import make_synthetic
 from pipeline.errors import PipelineError
+from pipeline.spec.sections import DataConfig
 
 HAVE_FASHION_MNIST = (DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
 

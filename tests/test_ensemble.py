@@ -2,13 +2,13 @@
 selection rule: members are chosen by validation error, never by the test set they are then scored on."""
 import pytest
 import torch
-
-from pipeline import leaderboard
-from pipeline.config import parse_spec
-from pipeline.errors import PipelineError
-from pipeline.stages.ensemble import build_ensemble, scores
-from pipeline.tracking import Tracker
 from conftest import log_predictions
+
+from pipeline.errors import PipelineError
+from pipeline.results import leaderboard
+from pipeline.spec.loading import parse_spec
+from pipeline.stages.ensemble import build_ensemble, scores
+from pipeline.tracking.store import Tracker
 
 CLASSES = 10
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli
+
 from pipeline.errors import PipelineError
-from pipeline.model_checks import check_model_kwargs
-from pipeline.tracking import redact
+from pipeline.tracking.store import redact
+from pipeline.training.model_checks import check_model_kwargs
 
 SENTINEL = "Sentinel-pw-4711-xyz"  # the admin password of the server with logins; must never be printed
 WRONG = "Wrong-sentinel-pw-0815"  # a password that is wrong; must never be printed either

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_spec
+from pipeline.spec.loading import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -7,10 +7,11 @@ import torch
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline import leaderboard, workflow
-from pipeline.config import load_spec, parse_spec
-from pipeline.logged_models import download_model_files, model_of_run
-from pipeline.tracking import Tracker
+from pipeline.engine import workflow
+from pipeline.results import leaderboard
+from pipeline.spec.loading import load_spec, parse_spec
+from pipeline.tracking.logged_models import download_model_files, model_of_run
+from pipeline.tracking.store import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 

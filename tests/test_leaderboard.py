@@ -3,10 +3,10 @@ import io
 
 import pytest
 
-from pipeline import leaderboard
 from pipeline.errors import PipelineError
-from pipeline.logged_models import model_of_run
-from pipeline.tracking import Tracker
+from pipeline.results import formats, leaderboard, publish
+from pipeline.tracking.logged_models import model_of_run
+from pipeline.tracking.store import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,12 @@ def test_runs_without_metrics_give_a_note_not_a_crash(store):
 def test_csv_follows_timm_results_columns(store):
     uri, tracker, experiment, bench = store
     add_run(tracker, experiment, "m", 7.25, top5_err=0.5)
-    rows = list(csv.DictReader(io.StringIO(leaderboard.to_csv(leaderboard.build(uri, bench)))))
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(leaderboard.build(uri, bench)))))
     assert list(rows[0])[:6] == ["model", "top1", "top1_err", "top5", "top5_err", "param_count"]
     assert list(rows[0])[6:] == ["gmacs", "train_samples_per_sec", "family", "year", "accelerator", "epochs",
                                  "seed", "wall_time_s", "run_id"]
     assert float(rows[0]["top1"]) == 92.75 and rows[0]["epochs"] == "2"
-    markdown = leaderboard.to_markdown(leaderboard.build(uri, bench))
+    markdown = formats.to_markdown(leaderboard.build(uri, bench))
     assert markdown.splitlines()[2].startswith("| 1 | m | 92.75 | 7.25 |")
 
 
@@ -112,10 +112,10 @@ def test_kind_column_and_sweep_links_appear_only_when_needed(store):
     add_run(tracker, experiment, "lenet5", 9.0, tags={"stage": "retrain", "sweep_run_id": "abc123"})
     board = leaderboard.build(uri, bench)
     assert board.columns[:2] == ["model", "kind"] and board.columns[-1] == "sweep"
-    rows = list(csv.DictReader(io.StringIO(leaderboard.to_csv(board))))
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(board))))
     assert [(r["model"], r["kind"]) for r in rows] == [("ensemble(top2)", "ensemble"), ("resnet20", "train"),
                                                        ("lenet5", "retrain")]
-    assert rows[2]["sweep"] == f"{leaderboard.LOCAL_UI}/#/experiments/{experiment}/runs/abc123"
+    assert rows[2]["sweep"] == f"{publish.LOCAL_UI}/#/experiments/{experiment}/runs/abc123"
     assert rows[0]["sweep"] == ""
 
 
@@ -128,7 +128,7 @@ def test_imagenet_experiments_show_the_ilsvrc_winners_from_the_catalogue(db):
     winners = {f.name: f for f in FAMILIES if f.ilsvrc_top5_err is not None}
     assert [r["family"] for r in board.references][0] == "AlexNet" and board.references[-1]["family"] == "SENet"
     assert {r["family"]: r["top5_err"] for r in board.references} == {n: f.ilsvrc_top5_err for n, f in winners.items()}
-    markdown = leaderboard.to_markdown(board)
+    markdown = formats.to_markdown(board)
     assert "| 1 | resnet18 | train |" in markdown and "| ref | AlexNet (ILSVRC entry) | reference |" in markdown
     assert f"| {winners['AlexNet'].ilsvrc_top5_err:.2f} |" in markdown
     # Not for other data sets, unless asked.
@@ -144,7 +144,7 @@ def test_compare_two_experiments_side_by_side(db):
     add_run(tracker, a, "lenet5", 10.0)
     add_run(tracker, b, "resnet20", 7.25)
     add_run(tracker, b, "vit", 20.0)
-    rows = leaderboard.compare(leaderboard.build(uri, "a"), leaderboard.build(uri, "b"))
+    rows = formats.compare(leaderboard.build(uri, "a"), leaderboard.build(uri, "b"))
     assert [r["model"] for r in rows] == ["resnet20", "lenet5", "vit"]
     assert rows[0]["top1_err:a"] == 8.0 and rows[0]["top1_err:b"] == 7.25
     assert rows[0]["delta_top1_err"] == pytest.approx(-0.75)
@@ -181,16 +181,16 @@ def test_a_diverged_run_is_marked_ranked_last_and_noted_in_every_format(store, c
     assert board.columns[:2] == ["model", "diverged"]
     assert len(board.notes) == 1 and nan_run in board.notes[0] and "diverged" in board.notes[0]
 
-    leaderboard.show(board, "csv", None)
+    formats.show(board, "csv", None)
     out, err = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [(r["model"], r["diverged"]) for r in rows] == [("resnet20", ""), ("vit", ""), ("lenet5", "yes")]
     assert err.startswith("note: lenet5") and "diverged" in err  # on stderr: the CSV stays one table
-    leaderboard.show(board, "markdown", None)
+    formats.show(board, "markdown", None)
     out = capsys.readouterr().out
     assert "| 3 | lenet5 | yes |" in out and out.rstrip().splitlines()[-1].startswith("- note: lenet5")
     table = io.StringIO()
-    leaderboard.show(board, "table", Console(file=table, width=300))
+    formats.show(board, "table", Console(file=table, width=300))
     text = table.getvalue()
     assert "diverged" in text.splitlines()[2] and "note: lenet5" in text and "yes" in text
 
@@ -223,7 +223,7 @@ def test_trained_runs_rank_by_test_error_with_their_validation_and_data_sets(tra
         assert m["best_val_top1_err"] == pytest.approx(min(100 - h.value for h in history))
         assert m["best_epoch"] in {h.step for h in history}
         # Data sets as the run's inputs: the digest is the one of the workflow's unit keys.
-        from pipeline.logged_models import dataset_digest
+        from pipeline.tracking.datasets import dataset_digest
 
         inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
         assert set(inputs) == {"synthetic-train", "synthetic-val", "synthetic-test"}
@@ -235,7 +235,7 @@ def test_trained_runs_rank_by_test_error_with_their_validation_and_data_sets(tra
         assert m["system/node_0/system_memory_usage_megabytes"] > 100
         profile = __import__("json").loads(inputs["synthetic-train"].dataset.profile)
         assert profile == {"num_rows": 240, "num_classes": 10, "image_shape": [1, 28, 28]}
-    leaderboard.show(board, "markdown", None)
+    formats.show(board, "markdown", None)
     out = capsys.readouterr().out
     assert leaderboard.FOOTNOTE in out and "nothing is selected on it" in out
 
@@ -252,7 +252,7 @@ def test_the_experiment_and_the_workflow_run_carry_the_leaderboard(trained):
     for row in board.rows:  # each row links to its run and its model
         assert board.run_url(row["run_id"]) in text
     model_id = model_of_run(client, trained.runs["lenet5"])
-    assert leaderboard.model_url(board, model_id) in text and leaderboard.FOOTNOTE in text
+    assert publish.model_url(board, model_id) in text and leaderboard.FOOTNOTE in text
     workflow_run = client.get_run(trained.context.parent_run_id)
     assert workflow_run.data.tags["mlflow.note.content"] == text
     summary = workflow_run.data.metrics
@@ -273,7 +273,7 @@ def test_publish_command_rewrites_the_description(trained):
 
 
 def test_ui_links_name_the_models_view_and_the_latest_workflow_run(trained):
-    lines = leaderboard.ui_links(trained.uri, "http://127.0.0.1:5000", trained.experiment)
+    lines = publish.ui_links(trained.uri, "http://127.0.0.1:5000", trained.experiment)
     base = f"http://127.0.0.1:5000/#/experiments/{trained.experiment_id}"
     assert lines == [f"{trained.experiment}: models {base}/models?workflowType=machine_learning",
                      f"{trained.experiment}: latest workflow run {base}/runs/{trained.context.parent_run_id}"

@@ -9,11 +9,16 @@ import torch.nn.functional as F
 
 import models  # noqa: F401  (registers the zoo)
 from models import FAMILIES, family_of, small_image_models
+from models.attention import (
+    MultiHeadAttention,
+    SinusoidalPositionalEncoding,
+    causal_mask,
+    scaled_dot_product_attention,
+    sinusoidal_encoding,
+)
 from models.densenet import DenseNet
 from models.googlenet import GoogLeNetOutputs, googlenet_loss
 from models.vgg import VGG
-from models.attention import (MultiHeadAttention, SinusoidalPositionalEncoding, causal_mask,
-                              scaled_dot_product_attention, sinusoidal_encoding)
 
 
 def n_params(model):

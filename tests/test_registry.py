@@ -5,14 +5,19 @@ import json
 import mlflow
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
-from pipeline import registry
-from pipeline.complexity import build_model
+from models._factory import build_model
 from pipeline.errors import PipelineError
-from pipeline.logged_models import classifier_files, download_model_files, log_model, model_of_run
-from pipeline.tracking import Tracker
+from pipeline.results import champion
+from pipeline.tracking.logged_models import (
+    classifier_files,
+    download_model_files,
+    log_model,
+    model_of_run,
+)
+from pipeline.tracking.store import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,7 @@ def test_predictions_from_files_match_the_training_loops_own(trained, images):
     saved = torch.load(client.download_artifacts(run_id, "predictions/test_probs.pt", str(trained.folder)),
                        weights_only=True).float()
     weights, meta = download_model_files(trained.tracker, model_of_run(client, run_id), trained.folder / "dl-cls")
-    classifier = registry.Classifier(weights, meta)
+    classifier = champion.Classifier(weights, meta)
     grey = [p for i, p in enumerate(images) if i % 2 == 0]
     assert torch.allclose(classifier.probabilities(grey), saved[:40][0::2], atol=2e-3)
     rgb = [p for i, p in enumerate(images) if i % 2]  # RGB at twice the size: back to one channel at 28 px
@@ -74,15 +79,15 @@ def test_champion_is_the_best_on_validation_and_predict_loads_it(trained, images
     client = trained.tracker.client
     val = {m: client.get_run(r).data.metrics["val_top1_err"] for m, r in trained.runs.items()}
     best = min(val, key=lambda m: (val[m], client.get_run(trained.runs[m]).data.metrics["val_loss"]))
-    done = registry.register_champion(trained.uri, trained.experiment, "tiny-classifier")
+    done = champion.register_champion(trained.uri, trained.experiment, "tiny-classifier")
     assert done["run_id"] == trained.runs[best] and done["uri"] == "models:/tiny-classifier@champion"
     assert done["model_id"] == model_of_run(client, trained.runs[best])
     version = client.get_model_version_by_alias("tiny-classifier", "champion")
     assert version.tags["model_id"] == done["model_id"] and version.tags["source_run_id"] == done["run_id"]
 
-    from_run = registry.predict(trained.uri, images, run_id=trained.runs[best], k=3)
-    from_model = registry.predict(trained.uri, images, model_uri=f"models:/{done['model_id']}", k=3)
-    from_alias = registry.predict(trained.uri, images, model_uri=done["uri"], k=3)
+    from_run = champion.predict(trained.uri, images, run_id=trained.runs[best], k=3)
+    from_model = champion.predict(trained.uri, images, model_uri=f"models:/{done['model_id']}", k=3)
+    from_alias = champion.predict(trained.uri, images, model_uri=done["uri"], k=3)
     assert from_run == from_model == from_alias
     assert all(len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] for top in from_run)
     # mlflow.pytorch users load the same model with pyfunc, as MLflow documents.
@@ -93,11 +98,11 @@ def test_champion_is_the_best_on_validation_and_predict_loads_it(trained, images
 
 def test_the_ensembles_model_averages_its_members(trained, images):
     result = trained.context.outputs["ensemble"]
-    members = [registry.Classifier(*download_model_files(trained.tracker, model_of_run(trained.tracker.client,
+    members = [champion.Classifier(*download_model_files(trained.tracker, model_of_run(trained.tracker.client,
                                                                                        trained.runs[m]),
                                                          trained.folder / f"ens-{m}")) for m in result["members"]]
     expected = torch.stack([m.probabilities(images[:6]) for m in members]).mean(0)
-    got = registry.predict(trained.uri, images[:6], model_uri=f"models:/{result['model_id']}", k=1)
+    got = champion.predict(trained.uri, images[:6], model_uri=f"models:/{result['model_id']}", k=1)
     assert [top[0][0] for top in got] == [members[0].classes[i] for i in expected.argmax(1)]
     assert [top[0][1] for top in got] == pytest.approx(expected.max(1).values.tolist(), abs=1e-5)
 
@@ -115,9 +120,9 @@ def test_predict_command_and_its_errors(trained, images):
         assert failed.returncode == 2 and message in failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1
     with pytest.raises(PipelineError, match="no run nope"):
-        registry.predict(uri, images[:1], run_id="nope")
+        champion.predict(uri, images[:1], run_id="nope")
     with pytest.raises(PipelineError, match="cannot load models:/absent@champion"):
-        registry.predict(uri, images[:1], model_uri="models:/absent@champion")
+        champion.predict(uri, images[:1], model_uri="models:/absent@champion")
 
 
 def test_a_diverged_or_unvalidated_run_is_never_the_champion(tmp_path):
@@ -138,7 +143,7 @@ def test_a_diverged_or_unvalidated_run_is_never_the_champion(tmp_path):
     run("nan_lenet", 1.0, val_top1_err=1.0, diverged=1.0)
     run("unvalidated", 2.0)
     with pytest.raises(PipelineError, match="validation error without having diverged"):
-        registry.champion_row(tracker.uri, "nan")
+        champion.champion_row(tracker.uri, "nan")
     worse_on_test = run("lenet5", 20.0, val_top1_err=5.0)
     run("better_on_test", 10.0, val_top1_err=9.0)
-    assert registry.champion_row(tracker.uri, "nan")["run_id"] == worse_on_test
+    assert champion.champion_row(tracker.uri, "nan")["run_id"] == worse_on_test

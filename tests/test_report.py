@@ -6,12 +6,12 @@ import re
 
 import pytest
 import torch
+from conftest import log_predictions, run_cli
 from PIL import Image
 
-from conftest import log_predictions, run_cli
-from pipeline import leaderboard, plots
-from pipeline.report import write_report
-from pipeline.tracking import Tracker
+from pipeline.results import leaderboard, plots
+from pipeline.results.report import write_report
+from pipeline.tracking.store import Tracker
 
 CLASSES = ["cat", "dog", "ship"]
 

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.stream import ShardedSplit, assign, decode_batch, describe, epoch_order, kept_counts, \
-    write_jpeg_shards
+from pipeline.data.stream import (
+    ShardedSplit,
+    assign,
+    decode_batch,
+    describe,
+    epoch_order,
+    kept_counts,
+    write_jpeg_shards,
+)
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +92,13 @@ def test_bad_shards_and_columns_fail_with_one_line_naming_them(tmp_path):
 
 def ids_loop(config):
     """A worker loop that iterates its data only: the ids of two training epochs, then the validation and test
-    metrics of a fixed model (`pipeline.train.evaluate`), written where the test reads them."""
+    metrics of a fixed model (`pipeline.training.evaluation.evaluate`), written where the test reads them."""
     import ray.train
 
     from pipeline.data.augment import Augment
-    from pipeline.train import evaluate, make_batches, worker_setup
+    from pipeline.training.evaluation import evaluate
+    from pipeline.training.harness import worker_setup
+    from pipeline.training.loop import make_batches
 
     hp, rank, world_size, device, autocast = worker_setup(1, config.train)
     train, val, test = make_batches(config, rank, world_size, device)
@@ -113,9 +122,10 @@ def ids_loop(config):
 
 
 def stream_worker_config(shards: Path, out: Path, cpus_per_worker: float = 1):
-    from pipeline.config import DataConfig, ModelEntry, parse_spec
-    from pipeline.context import RunContext
-    from pipeline.stages.train import worker_config
+    from pipeline.engine.context import RunContext
+    from pipeline.spec.loading import parse_spec
+    from pipeline.spec.sections import DataConfig, ModelEntry
+    from pipeline.training.recipe import worker_config
 
     data = DataConfig(name="huggingface", path=str(shards), test_split="validation", streaming=True,
                       image_size=16, val_fraction=1 / VAL_EVERY)
@@ -139,15 +149,17 @@ def check_epochs(ranks: list[dict], world_size: int) -> None:
 
 
 def test_two_train_workers_see_every_id_once_and_evaluate_as_one_worker(ray_cluster, shards, tmp_path):
-    from pipeline.config import ResourcesConfig
     from pipeline.data.augment import Augment
-    from pipeline.train import evaluate, fit, make_batches
+    from pipeline.spec.sections import ResourcesConfig
+    from pipeline.training.evaluation import evaluate
+    from pipeline.training.harness import fit
+    from pipeline.training.loop import make_batches
 
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import a test module
     config = stream_worker_config(shards, tmp_path, cpus_per_worker=0.5)
     # Half a CPU per Train worker leaves one of the local cluster's two CPUs to Ray Data's decode tasks.
     resources = ResourcesConfig(num_workers=2, cpus_per_worker=0.5, max_failures=0)
-    result = fit(config, resources, str(tmp_path / "ckpt"), "ids", loop=ids_loop)
+    result = fit(ids_loop, config, resources, str(tmp_path / "ckpt"), "ids")
     assert result.error is None, result.error
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     check_epochs(ranks, 2)
@@ -180,7 +192,7 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
 
     ray.init(address={gcs!r}, log_to_driver=False)
     config = stream_worker_config(Path({shards!r}), Path({out!r}))
-    result = fit(config, ResourcesConfig(num_workers=2, max_failures=0), {out!r} + "/ckpt", "two-node", loop=ids_loop)
+    result = fit(ids_loop, config, ResourcesConfig(num_workers=2, max_failures=0), {out!r} + "/ckpt", "two-node")
     assert result.error is None, result.error
     from ray.util.state import list_tasks
     nodes = set()
@@ -199,7 +211,7 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
 def test_on_a_two_node_cluster_decode_tasks_run_on_both_nodes(shards, tmp_path):
     """Two `ray start` nodes with more logical CPUs than the machine has, so Ray Data's decode tasks fit beside
     the two Train workers; the run's driver joins the cluster like a user's script."""
-    from pipeline.cluster import LocalCluster
+    from pipeline.engine.cluster import LocalCluster
 
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with LocalCluster([{"num_cpus": 3}, {"num_cpus": 3, "resources": {"node2": 1}}], env) as cluster:
@@ -240,8 +252,8 @@ def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_i
     from mlflow import MlflowClient
     from rich.console import Console
 
-    from pipeline import workflow
-    from pipeline.config import load_spec
+    from pipeline.engine import workflow
+    from pipeline.spec.loading import load_spec
 
     write_jpeg_shards(workdir / "imagenet", "train", 240, 2, (40, 36), 1000)
     write_jpeg_shards(workdir / "imagenet", "validation", 32, 1, (40, 36), 1000)
@@ -289,8 +301,9 @@ def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_i
 
 
 def test_global_batch_derives_the_per_worker_batch_accumulation_and_scaled_lr():
-    from pipeline.config import TrainConfig, parse_spec
-    from pipeline.stages.train import training_identity
+    from pipeline.spec.loading import parse_spec
+    from pipeline.spec.sections import TrainConfig
+    from pipeline.training.recipe import training_identity
 
     sgd = TrainConfig(optimizer="momentum", lr=0.1, lr_base_size=256, global_batch_size=1024, batch_size=256)
     assert sgd.batch_plan(8) == {"micro_batch": 128, "grad_accum_steps": 1, "global_batch": 1024,

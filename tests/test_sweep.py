@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline import leaderboard, workflow
-from pipeline.config import parse_spec
+from pipeline.engine import workflow
 from pipeline.errors import PipelineError
-
-from conftest import run_cli
+from pipeline.results import leaderboard
+from pipeline.spec.loading import parse_spec
 
 
 def sweep_spec(workdir: Path, **sweep) -> dict:

@@ -2,10 +2,10 @@
 the relay's events, and the spec switch that turns them off."""
 import time
 
-from pipeline.config import parse_spec
-from pipeline.relay import RunWriter
-from pipeline.system_metrics import Sampler
-from pipeline.tracking import Tracker
+from pipeline.spec.loading import parse_spec
+from pipeline.tracking.store import Tracker
+from pipeline.tracking.system_metrics import Sampler
+from pipeline.tracking.writer import RunWriter
 
 
 def test_a_sampler_reports_node_metrics_that_the_run_writer_logs(tmp_path):

@@ -7,12 +7,12 @@ import csv
 import os
 
 import pytest
+from conftest import ROOT, run_cli
 from mlflow import MlflowClient
 from rich.console import Console
 
-from conftest import ROOT, run_cli
-from pipeline import tables
-from pipeline.config import load_spec
+from pipeline.results import tables
+from pipeline.spec.loading import load_spec
 
 LECTURE_TABLES = ["conv_examples", "alexnet_layers", "vgg16_memory", "inception_modules", "stacked_convs",
                   "vit_sizes"]
@@ -225,7 +225,7 @@ def test_bad_table_options_are_one_line_errors(tmp_path):
 
 
 def test_tables_stage_logs_markdown_and_csv_to_mlflow(ray_cluster, workdir):
-    from pipeline import workflow
+    from pipeline.engine import workflow
 
     spec = load_spec(ROOT / "experiments" / "lecture_tables.yaml",
                      ["models=[lenet5, googlenet_v1]", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}"])

@@ -88,8 +88,9 @@ def test_pipeline_logs_to_the_team_server_with_credentials_from_the_environment(
                                                                                  workdir, monkeypatch):
     from mlflow import MlflowClient
 
-    from pipeline import leaderboard, workflow
-    from pipeline.config import parse_spec
+    from pipeline.engine import workflow
+    from pipeline.results import leaderboard
+    from pipeline.spec.loading import parse_spec
 
     url, home = team_server
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -107,7 +108,7 @@ def test_pipeline_logs_to_the_team_server_with_credentials_from_the_environment(
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2]
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    from pipeline.logged_models import model_of_run
+    from pipeline.tracking.logged_models import model_of_run
 
     model_id = model_of_run(client, run_id)  # the run's LoggedModel, its files through the server
     assert {"artifacts/model.pt", "artifacts/model.json"} <= \

@@ -9,9 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import TRAINED_MODELS, run_cli
-from pipeline.cluster import free_port
+
+from pipeline.engine.cluster import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_DIR = Path(os.environ.get("UI_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / ".pipeline"))
@@ -87,7 +87,7 @@ def shot(page, name: str) -> Path:
 
 
 def test_models_view_lists_the_trained_models_with_their_top1_error(trained, server, browser):
-    from pipeline.logged_models import model_of_run
+    from pipeline.tracking.logged_models import model_of_run
 
     context, page = open_page(browser, f"{server}/#/experiments/{trained.experiment_id}/models{TRAINING_VIEW}",
                               "lenet5")

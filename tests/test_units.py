@@ -1,11 +1,12 @@
 """Planning a workflow (no Ray, no data): units per stage, their DAG and their content keys."""
 import pytest
-
 from conftest import run_cli
-from pipeline import workflow
-from pipeline.config import parse_spec
-from pipeline.context import RunContext
-from pipeline.units import code_version, data_fingerprint
+
+from pipeline.data.fingerprint import data_fingerprint
+from pipeline.engine import workflow
+from pipeline.engine.context import RunContext
+from pipeline.engine.keys import code_version
+from pipeline.spec.loading import parse_spec
 
 
 def spec_tree(**extra) -> dict:
@@ -93,7 +94,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     from ray.train import Checkpoint
 
     from pipeline.errors import PipelineError
-    from pipeline.train import STATE_FILE, read_state
+    from pipeline.training.harness import STATE_FILE, read_state
 
     torch.save({"model": {}, "epoch": 1, "history": [{"epoch": 1.0}]}, tmp_path / STATE_FILE)
     assert read_state(Checkpoint.from_directory(str(tmp_path)))["epoch"] == 1  # tensors and plain containers load

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import yaml
+from conftest import run_cli
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline import workflow
-from pipeline.config import parse_spec
+from pipeline.engine import workflow
+from pipeline.spec.loading import parse_spec
 
-from conftest import run_cli
 
 def write_spec(workdir: Path, name: str, models, epochs: int = 2, size: int = 400, **extra) -> Path:
     spec = {"name": name, "data": {"name": "synthetic", "synthetic_size": size, "val_fraction": 0.2},

@@ -2,7 +2,7 @@
 
 One TorchTrainer run (one worker group) walks the zoo, as `experiments/fashion_mnist_zoo.yaml` lists
 it (names and kwargs), at Fashion-MNIST's 28x28x1: a DDP step each on tiny random batches, through
-`ray.train.torch.prepare_model` and the training loss of pipeline.train, as the pipeline trains them.
+`ray.train.torch.prepare_model` and the training loss of pipeline.training, as the pipeline trains them.
 """
 import json
 import math
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models.catalogue import small_image_models
-from pipeline.config import load_spec
+from pipeline.spec.loading import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO_SPEC = ROOT / "experiments" / "fashion_mnist_zoo.yaml"
@@ -27,8 +27,9 @@ def one_step_per_model(config):
     import ray.train.torch
     import torch.distributed as dist
 
-    from pipeline.complexity import build_model
-    from pipeline.train import classification_loss, unwrap
+    from models._factory import build_model
+    from pipeline.training.evaluation import classification_loss
+    from pipeline.training.harness import unwrap
 
     torch.set_num_threads(1)
     rank = ray.train.get_context().get_world_rank()
@@ -98,7 +99,7 @@ def test_every_small_image_model_takes_a_ddp_step_on_two_workers(ray_cluster, tm
 def test_googlenet_aux_losses_enter_training_with_weight_point_three():
     import timm
 
-    from pipeline.train import classification_loss
+    from pipeline.training.evaluation import classification_loss
 
     torch.manual_seed(0)
     model = timm.create_model("googlenet_v1_cifar", num_classes=10, in_chans=1)

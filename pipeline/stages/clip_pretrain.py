@@ -6,9 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.context import Job, RunContext, stage, storage_of
+from pipeline.data.fingerprint import data_fingerprint
+from pipeline.engine.context import Job, RunContext, storage_of
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError, UnitFailed
-from pipeline.units import Unit, data_fingerprint
 
 STAGE = "clip_pretrain"
 
@@ -25,8 +27,12 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
     """PairData for the workers, and the images' normalization (mean, std)."""
     import torch
 
-    from pipeline.clip import PairData
-    from pipeline.data.captions import BUILTIN_DESCRIPTIONS, pairs_from_dataset, pairs_from_labels
+    from pipeline.clip.data import PairData
+    from pipeline.data.captions import (
+        BUILTIN_DESCRIPTIONS,
+        pairs_from_dataset,
+        pairs_from_labels,
+    )
 
     spec = context.spec
     captions = spec.clip.captions
@@ -81,10 +87,12 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
 def run_unit(job: Job) -> dict[str, Any]:
     import ray
 
-    from pipeline.clip import (ClipWorkerConfig, ImageInput, create_model, input_size, pretrain_loop_per_worker,
-                               save_model)
-    from pipeline.relay import RunWriter
-    from pipeline.train import fit, read_state
+    from models.clip import create_model
+    from pipeline.clip.data import ImageInput, input_size
+    from pipeline.clip.evaluation import save_model
+    from pipeline.clip.loop import ClipWorkerConfig, pretrain_loop_per_worker
+    from pipeline.tracking.writer import RunWriter
+    from pipeline.training.harness import fit, read_state
 
     context, spec, tracker, run_id = job.context, job.spec, job.tracker, job.run_id
     config = spec.clip
@@ -112,8 +120,8 @@ def run_unit(job: Job) -> dict[str, Any]:
         label=job.unit.name)
     show = context.display.handler(job.unit.name, config.train.epochs, epoch_line) if context.display else None
     writer = RunWriter(tracker, run_id, started_at=time.time(), show=show)
-    result = fit(worker_config, spec.resources, storage_of(spec), job.train_name, on_event=writer,
-                 loop=pretrain_loop_per_worker)
+    result = fit(pretrain_loop_per_worker, worker_config, spec.resources, storage_of(spec), job.train_name,
+                 on_event=writer)
     if result.error is not None or result.checkpoint is None:
         raise UnitFailed.of(result.error)
     state = read_state(result.checkpoint)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.context import Job, RunContext, stage
+from pipeline.engine.context import Job, RunContext
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
-from pipeline.units import Unit
 
 PROBS = "predictions/test_probs.pt"
 LABELS = "predictions/test_labels.pt"
@@ -56,7 +57,7 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
     """(model, run id) of each member, and notes on runs passed over. Members are chosen by validation
     error (`leaderboard.by_validation`), never by the test set the ensemble is then scored on; a member
     named by its model is that model's best run on validation."""
-    from pipeline.leaderboard import by_validation
+    from pipeline.results.leaderboard import by_validation
 
     ranked, notes = by_validation(board)
     if named:
@@ -96,7 +97,7 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
     """Average the members' test-set probabilities and log the result as a leaderboard run (`run_id`, or a
     new top-level run) with its LoggedModel; `data` (the members' DataConfig) names the test set its metrics
     are linked to."""
-    from pipeline import leaderboard
+    from pipeline.results import leaderboard
 
     board = leaderboard.build(tracker.uri, experiment)
     top_k = None if members_spec else (top_k or DEFAULT_TOP_K)
@@ -117,7 +118,7 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
     # Members are scored here the same way (from their saved probabilities) so the gain compares like with like.
     singles = {m.model: scores(m.probs, labels) for m in members}
     # The gain is over the member validation would have picked alone (the test set picks nothing).
-    from pipeline.leaderboard import selection_error
+    from pipeline.results.leaderboard import selection_error
 
     rows = {row["run_id"]: row for row in board.runs or board.rows}
     validated = [m for m in members if m.run_id in rows and selection_error(rows[m.run_id]) is not None]
@@ -139,7 +140,7 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
         tracker.client.update_run(run_id, name=label)
         for key, value in tags.items():
             tracker.client.set_tag(run_id, key, value)
-    from pipeline.logged_models import TEST_METRICS
+    from pipeline.tracking.logged_models import TEST_METRICS
 
     tracker.log(run_id, {k: v for k, v in metrics.items() if k not in TEST_METRICS}, params=params)
     with tempfile.TemporaryDirectory() as directory:
@@ -161,7 +162,11 @@ def log_ensemble_model(tracker, run_id: str, label: str, members: list[Member], 
     `ensemble` saying how they are combined (the mean of their softmax outputs)."""
     import json
 
-    from pipeline.logged_models import download_model_files, log_model, model_of_run
+    from pipeline.tracking.logged_models import (
+        download_model_files,
+        log_model,
+        model_of_run,
+    )
 
     with tempfile.TemporaryDirectory() as directory:
         folder = Path(directory)
@@ -188,7 +193,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     config = context.spec.ensemble
 
     def identify(outputs):
-        from pipeline import leaderboard
+        from pipeline.results import leaderboard
 
         board = leaderboard.build(context.tracker.uri, context.spec.experiment_name)
         top_k = None if config.members else (config.top_k or DEFAULT_TOP_K)

@@ -1,9 +1,10 @@
 """The `leaderboard` stage: the experiment's ranking, printed and kept on the workflow run."""
 from __future__ import annotations
 
-from pipeline.context import Job, RunContext, stage
+from pipeline.engine.context import Job, RunContext
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
-from pipeline.units import Unit
 
 
 @stage("leaderboard")
@@ -15,7 +16,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
 
 def run_unit(job: Job) -> dict:
     """Print the experiment's leaderboard and keep it (markdown and CSV) on the workflow run and its own."""
-    from pipeline import leaderboard
+    from pipeline.results import formats, leaderboard
 
     context = job.context
     try:
@@ -23,8 +24,8 @@ def run_unit(job: Job) -> dict:
     except PipelineError as exc:
         context.print(f"[yellow]leaderboard:[/] {exc}")
         return {"run_id": job.run_id}
-    leaderboard.show(board, "table", context.display or context.console)
+    formats.show(board, "table", context.display or context.console)
     for run_id in (context.parent_run_id, job.run_id):
-        context.tracker.log_text(run_id, leaderboard.to_markdown(board), "leaderboard.md")
-        context.tracker.log_text(run_id, leaderboard.to_csv(board), "leaderboard.csv")
+        context.tracker.log_text(run_id, formats.to_markdown(board), "leaderboard.md")
+        context.tracker.log_text(run_id, formats.to_csv(board), "leaderboard.csv")
     return {"run_id": job.run_id, "board": board}

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import TrainConfig
-from pipeline.context import Job, RunContext, stage
-from pipeline.stages.train import named_entries, finished_output, run_training, training_identity
-from pipeline.units import Unit
+from pipeline.engine.context import Job, RunContext
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
+from pipeline.spec.sections import TrainConfig
+from pipeline.training.recipe import named_entries, training_identity
+from pipeline.training.unit import finished_output, run_training
 
 
 def retrain_config(spec, outputs: dict[str, Any]) -> TrainConfig:

@@ -9,10 +9,11 @@ import json
 import threading
 from typing import Any
 
-from pipeline.context import Job, RunContext, stage, storage_of
+from pipeline.engine.context import Job, RunContext, storage_of
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
 from pipeline.errors import UnitFailed
-from pipeline.stages.train import named_entries, training_identity, worker_config
-from pipeline.units import Unit
+from pipeline.training.recipe import named_entries, training_identity, worker_config
 
 # Sweep units run one at a time in this process: each is a Ray Tune run whose own trials run concurrently,
 # and two Tune controllers in one driver share process-wide state (its environment settings, its output).
@@ -62,7 +63,12 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
 def run_unit(job: Job, entry) -> dict[str, Any]:
     """One model's Ray Tune search, in the job's run; trials are its child runs."""
     from models.catalogue import family_of
-    from pipeline.sweep import SWEEP_KEY, TrialSetup, mark_orphans_killed, run_sweep
+    from pipeline.training.sweep import (
+        SWEEP_KEY,
+        TrialSetup,
+        mark_orphans_killed,
+        run_sweep,
+    )
 
     context, spec, tracker = job.context, job.spec, job.tracker
     key = f"{spec.name}-{entry.name}-{job.unit.key[:10]}"  # names the Tune experiment: the same unit resumes it

@@ -1,8 +1,9 @@
 """The `tables` stage: the lecture's tables recomputed, printed and kept in MLflow (markdown and CSV)."""
 from __future__ import annotations
 
-from pipeline.context import Job, RunContext, stage
-from pipeline.units import Unit
+from pipeline.engine.context import Job, RunContext
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
 
 
 @stage("tables")
@@ -15,7 +16,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
 
 def run_unit(job: Job) -> dict:
     """One run holds every table as `tables/KEY.md` and `tables/KEY.csv`, and all of them in `tables.md`."""
-    from pipeline import tables
+    from pipeline.results import tables
 
     spec, tracker = job.spec, job.tracker
     built = tables.build_tables(entries=[(entry.name, entry.kwargs) for entry in spec.models])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-
 from typing import Any
 
-from pipeline.context import Job, RunContext, stage
+from pipeline.data.fingerprint import data_fingerprint
+from pipeline.engine.context import Job, RunContext
+from pipeline.engine.registry import stage
+from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
 from pipeline.stages.clip_pretrain import STAGE as PRETRAIN_STAGE
-from pipeline.units import Unit, data_fingerprint
 
 # The model is a few MB: MLflow's download progress bar would only clutter the stage's output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -42,7 +43,9 @@ def source(context: RunContext, inputs: dict[str, Any]) -> tuple[str | None, str
 
 def load_model(context: RunContext, run_id: str | None, folder: str):
     """(model, tokenizer, ImageInput, display name, tags) of the model the spec asks for."""
-    from pipeline.clip import ImageInput, create_model, load_trained
+    from models.clip import create_model
+    from pipeline.clip.data import ImageInput
+    from pipeline.clip.evaluation import load_trained
 
     zero_shot = context.spec.clip.zero_shot
     if run_id is None:
@@ -89,7 +92,7 @@ def log_head(job: Job, run_id: str, name: str, stage: str, state_dict: dict, met
 
     import torch
 
-    from pipeline.logged_models import log_model
+    from pipeline.tracking.logged_models import log_model
 
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state_dict, os.path.join(folder, "head.pt"))
@@ -106,7 +109,12 @@ def log_head(job: Job, run_id: str, name: str, stage: str, state_dict: dict, met
 def run_unit(job: Job) -> dict[str, Any]:
     import torch
 
-    from pipeline.clip import classification_metrics, encode_images, linear_probe, zero_shot_classifier
+    from pipeline.clip.evaluation import (
+        classification_metrics,
+        encode_images,
+        linear_probe,
+        zero_shot_classifier,
+    )
 
     context, spec, tracker, data = job.context, job.spec, job.tracker, job.context.data
     zero_shot = spec.clip.zero_shot

@@ -1,0 +1,28 @@
+"""The entry point: every command module registered, errors as one line."""
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+# isort: off
+from pipeline.cli import workflow, results, jobs, benchmarks  # noqa: F401  (each registers its commands, in this order)
+# isort: on
+from pipeline.cli.app import app
+from pipeline.errors import PipelineError
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as exc:
+        from pipeline.tracking.store import redact
+
+        # Rich markup off for the message: a URI's [brackets] or a value like [1 must print as they are.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""What identifies the data a unit reads, cheaply, for its key and its MLflow inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def data_fingerprint(data) -> dict[str, Any]:
+    """What identifies the data a unit reads, cheaply: the checksums the IDX loader verifies, the synthetic
+    generator's arguments, or a local folder's file names and sizes; a hub id as given (its revision is the
+    hub's). Never a pass over the images."""
+    from pipeline.data.catalog import DATASETS
+
+    info = DATASETS[data.name]
+    config = data.model_dump(mode="json")
+    if info.source == "idx":
+        from pipeline.data.fashion_mnist import FILES
+
+        return {"config": config, "files": {split: [f[2] for f in files] for split, files in FILES.items()}}
+    if info.source == "synthetic":
+        return {"config": config}
+    source = data.path or info.hub_id
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        return {"config": config, "files": [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in files]}
+    return {"config": config, "hub_id": source}

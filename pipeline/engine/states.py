@@ -1,0 +1,85 @@
+"""A unit's state in the tracking store: cached, held by a live driver (lease), resumable or pending."""
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.engine.units import Unit
+from pipeline.tracking.tags import KEY_TAG, LEASE_EXPIRES_TAG, LEASE_OWNER_TAG
+
+LEASE_S = 30.0  # a lease not renewed for this long belongs to a dead driver
+
+
+HEARTBEAT_S = 5.0
+
+
+WAIT_POLL_S = 3.0
+
+
+STARVED_S = 60.0  # a unit's workers not started after this long, for want of resources, are named
+
+
+@dataclass
+class UnitState:
+    unit: Unit
+    state: str = "pending"  # pending, cached, resumable, held, running, finished, failed, skipped
+    run: Any = None  # the MLflow run found for its key
+    detail: str = ""
+    output: dict[str, Any] | None = None
+
+
+def this_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lease_alive(run, now: float | None = None) -> bool:
+    """Whether a RUNNING run is still held by a live driver."""
+    tags = run.data.tags
+    owner, expires = tags.get(LEASE_OWNER_TAG), tags.get(LEASE_EXPIRES_TAG)
+    if not owner or not expires:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False  # its driver on this machine is gone
+        except PermissionError:
+            pass
+    return float(expires) > (now or time.time())
+
+
+def find_runs(tracker, experiment_id: str, key: str) -> list:
+    return tracker.client.search_runs([experiment_id], f"tags.{KEY_TAG} = '{key}'",
+                                      order_by=["attributes.start_time DESC"], max_results=50)
+
+
+def classify(state: UnitState, runs: list, forced: bool) -> None:
+    """What the runs of a unit's key say: cached, held by a live driver, resumable, or pending."""
+    if not forced and (done := [r for r in runs if r.info.status == "FINISHED"]):
+        state.state, state.run = "cached", done[0]
+        return
+    if live := [r for r in runs if r.info.status == "RUNNING" and lease_alive(r)]:
+        state.state, state.run = "held", live[0]
+        return
+    resumable = [r for r in runs if r.info.status in ("RUNNING", "KILLED")]
+    if resumable and not forced:
+        state.state, state.run = "resumable", resumable[0]
+        last = resumable[0].data.metrics.get("epoch")
+        state.detail = f"epoch {int(last)} done" if last else "no epoch done"
+        return
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    state.state = "pending"
+    if failed and not forced:
+        state.detail = f"last attempt failed: {failed[0].data.tags.get('error', '?')[:120]}"
+
+
+def matches(unit: Unit, patterns) -> bool:
+    return any(p == "all" or fnmatch.fnmatchcase(unit.name, p) or (unit.model and fnmatch.fnmatchcase(unit.model, p))
+               for p in patterns)

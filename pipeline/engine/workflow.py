@@ -1,0 +1,199 @@
+"""The workflow engine: a spec's stages fan out into units that form a DAG; units run concurrently as far
+as the cluster allows, a unit whose key has a FINISHED run is reused, an unfinished one resumes.
+
+How units run: each unit runs in a thread of this driver, and a unit that trains calls
+`TorchTrainer(...).fit()` from that thread. Ray places each Train run's workers with its own placement
+group (all workers at once, or it waits), so the scheduling across the cluster is Ray's; this engine only
+orders units by what they need and admits a unit when its workers fit in what the running units leave
+free, because a Train run that waits for resources still holds a controller and a placement-group cleaner
+actor (hundreds of MB each): a 45-model zoo submitted at once would fill the head's memory. Threads rather
+than Ray Tune trials or Ray tasks: a sweep unit is itself a Tune run (Tune inside a Tune trial is a trap),
+this process stays the only MLflow writer (no credentials leave it), and Ray Train registers its SIGINT
+handler only in the main thread, so an interrupt reaches this engine, which marks what it held KILLED.
+
+Identity and leases: a unit's run carries its content key (`unit_key`); the driver holding it renews a
+lease (`lease_owner`, `lease_expires`). A RUNNING run whose lease ran out (or whose owner process on this
+host is gone) belongs to a dead driver and is taken over: the unit resumes from its Ray Train checkpoint
+(`ray_train_name`) inside that run."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from pipeline import stages
+from pipeline.engine.context import RunContext
+from pipeline.engine.keys import code_version
+from pipeline.engine.registry import PLANNERS, STAGE_ORDER
+from pipeline.engine.resources import check_fits
+from pipeline.engine.scheduler import Engine
+from pipeline.engine.signals import Interrupted
+from pipeline.engine.units import Unit
+from pipeline.errors import PipelineError
+from pipeline.spec.schema import Spec
+from pipeline.tracking.tags import CODE_TAG
+
+
+def plan(context: RunContext) -> list[Unit]:
+    """The spec's units in stage order, each stage's planner seeing the units planned before it."""
+    units: list[Unit] = []
+    for name in STAGE_ORDER:
+        if name in context.spec.stages:
+            stages.load(name)
+            units.extend(PLANNERS[name](context, list(units)))
+    names = {u.name for u in units}
+    for unit in units:
+        if missing := [n for n in unit.needs if n not in names]:
+            raise PipelineError(f"unit {unit.name} needs {missing[0]}, which no stage of the spec produces")
+    return units
+
+
+def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> Engine:
+    """Plan the units and look up what the tracking store already has: no Ray, no data."""
+    from pipeline.tracking.store import Tracker, check_reachable, redact, resolve_uri
+
+    context = RunContext(spec, console=console or Console(), verbose=verbose)
+    tree = spec.model_dump(mode="json")
+    if tree["tracking"]["uri"]:  # a password written into the URI is not kept with the runs
+        tree["tracking"]["uri"] = redact(tree["tracking"]["uri"])
+    context.spec_yaml = yaml.safe_dump(tree, sort_keys=False)
+    units = plan(context)
+    uri = resolve_uri(spec.tracking.uri)
+    check_reachable(uri)
+    context.tracker = Tracker(uri, create=False)
+    if context.tracker.client is not None:  # a store that does not exist yet holds no runs: it is made later
+        experiment = context.tracker.client.get_experiment_by_name(spec.experiment_name)
+        context.experiment_id = experiment.experiment_id if experiment else None
+    engine = Engine(context, units, rerun)
+    engine.resolve_static()
+    return engine
+
+
+def preflight_data(context: RunContext, stages: set[str]) -> None:
+    """Load the data set (or open a streamed one), and the caption set if a pretraining unit is among the
+    `stages` about to run, before any run is written: a missing or corrupt file, or a wrong column, is a
+    one-line error, not a failed unit."""
+    from pipeline.data import dataset_info, is_streaming
+
+    data, captions = context.spec.data, context.spec.clip.captions if context.spec.clip else None
+    if captions is not None and captions.path and "clip_pretrain" in stages:
+        from pipeline.data.captions import open_caption_set
+
+        open_caption_set(captions.path, captions.split, captions.image_column, captions.text_column)
+    if not is_streaming(data):
+        context.splits(data)
+        return
+    from pipeline.data.huggingface import open_dataset
+
+    open_dataset(data.path or dataset_info(data).hub_id, data.train_split, streaming=True)
+
+
+def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> RunContext:
+    """Run a spec's workflow; returns its context (outputs per stage, failed unit names)."""
+    from pipeline.engine.progress import WorkflowDisplay
+    from pipeline.tracking.store import Tracker, patient_writes
+
+    engine = prepare(spec, console, verbose, rerun)
+    context, tracker = engine.context, engine.context.tracker
+    to_run = [u for u in engine.units if engine.states[u.name].state != "cached"]
+    if any(u.uses_data for u in to_run):
+        preflight_data(context, {u.stage for u in to_run})
+    if any(u.stage in ("train", "sweep", "retrain") for u in to_run):
+        from pipeline.training.model_checks import check_model_kwargs
+
+        for entry in spec.models:  # imports torch and timm, so here rather than in the offline `validate`
+            check_model_kwargs(entry.name, entry.kwargs)
+    tracker = context.tracker = Tracker(tracker.uri)
+    context.experiment_id = tracker.experiment_id(spec.experiment_name)
+    total: dict[str, float] = {}
+    if any(u.resources is not None for u in to_run):
+        from pipeline.engine.cluster import init_ray
+
+        init_ray(verbose)
+        total = check_fits(to_run, context.console)
+    started = time.time()
+    context.parent_run_id = tracker.start_run(
+        context.experiment_id, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        params={"spec": spec.name, "stages": ",".join(spec.stages)},
+        tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name, CODE_TAG: code_version()})
+    engine.hold(context.parent_run_id, "workflow")
+    tracker.log_text(context.parent_run_id, context.spec_yaml, "spec.yaml")
+    if any(u.uses_data for u in to_run):  # the data set, in the runs table's Dataset column of the workflow run
+        from pipeline.tracking.datasets import log_spec_datasets
+
+        log_spec_datasets(context, context.parent_run_id)
+    closed = engine.close_orphans(keep=True)
+    context.console.print(f"[bold]{spec.name}[/]: {len(engine.units)} unit(s), experiment '{spec.experiment_name}' "
+                          f"in {tracker.display_uri} (run {context.parent_run_id})"
+                          + (f"; {closed} run(s) of a dead driver marked killed" if closed else ""))
+    beat = threading.Thread(target=engine.heartbeat, daemon=True)
+    beat.start()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        raise Interrupted(signum)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    status = "FAILED"
+    try:
+        with WorkflowDisplay(context.console) as display, patient_writes():  # an interrupt's writes: fast
+            context.display = display
+            engine.execute(total)
+        status = "FAILED" if context.failures else "FINISHED"
+    except KeyboardInterrupt as exc:
+        status = "KILLED"
+        names = engine.interrupted()
+        what = f"unit(s) {', '.join(names)}" if names else "the workflow"
+        how = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        context.console.print(f"[bold red]interrupted ({signal.Signals(how).name}):[/] stopped {what}; their runs are "
+                              f"marked KILLED and their checkpoints kept. Run the same command again to resume.")
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        engine._stop.set()
+        context.display = None
+        summary = {"units": len(engine.units), "units_reused": len(engine.reused),
+                   "units_failed": len(context.failures), "wall_time_s": time.time() - started}
+        if engine.board is not None:  # what a reader of the workflow run looks for
+            sound = [r for r in engine.board.rows if not r.get("diverged")]
+            summary.update({"models": len(engine.board.rows),
+                            **({"best_top1_err": sound[0]["top1_err"]} if sound else {})})
+        try:
+            if status != "KILLED":
+                engine.close_orphans(keep=False)  # what the units did not take over
+            tracker.log(context.parent_run_id, summary)
+            if engine.reused:
+                tracker.client.set_tag(context.parent_run_id, "reused_units", ",".join(engine.reused)[:5000])
+            tracker.finish(context.parent_run_id, status)
+        except Exception:
+            pass
+    if engine.reused:
+        context.console.print(f"reused {len(engine.reused)} cached unit(s): {', '.join(engine.reused)}")
+    return context
+
+
+def unit_table(engine: Engine) -> list[dict[str, Any]]:
+    """Per unit: name, needs, key, state (with its run or reason), resources: what `pipeline status` shows."""
+    rows = []
+    for unit in engine.units:
+        state = engine.states[unit.name]
+        r = unit.resources
+        resources = "driver" if r is None else \
+            f"{r.num_workers * unit.parallel} x ({r.cpus_per_worker:g} CPU" + \
+            (f" + {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "") + ")"
+        what = state.state if unit.cacheable else "always runs"
+        if state.run is not None:
+            what += f" (run {state.run.info.run_id[:12]}{', ' + state.detail if state.detail else ''})"
+        elif state.detail:
+            what += f" ({state.detail})"
+        if unit.key is None:
+            what = "pending (key known once its needs have run)"
+        rows.append({"unit": unit.name, "needs": ", ".join(unit.needs + unit.after) or "-",
+                     "key": unit.key[:12] if unit.key else "-", "state": what, "resources": resources})
+    return rows

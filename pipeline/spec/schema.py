@@ -1,0 +1,113 @@
+"""The experiment spec: one YAML file, validated strictly (unknown keys, wrong types, unknown names)."""
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineError
+from pipeline.spec.clip import ClipConfig
+from pipeline.spec.hints import _did_you_mean, _first_error
+from pipeline.spec.sections import (
+    DataConfig,
+    EnsembleConfig,
+    ModelEntry,
+    ResourcesConfig,
+    Strict,
+    TrackingConfig,
+    TrainConfig,
+)
+from pipeline.spec.sweep import SweepConfig
+
+# Stages that run without a models: list.
+MODEL_FREE_STAGES = ("clip_pretrain", "zero_shot", "leaderboard")
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    models: list[ModelEntry] = Field(default_factory=list)  # required by every stage but the CLIP ones
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # Ray checkpoints: a local path, a shared file system or s3://; $PIPELINE_STORAGE_PATH on a cluster.
+    storage_path: str = Field(default_factory=lambda: os.environ.get("PIPELINE_STORAGE_PATH", ".pipeline/checkpoints"))
+    stages: list[str] = Field(default_factory=lambda: ["train", "leaderboard"], min_length=1)
+    # Units training at once; default: as many as the cluster's resources fit.
+    max_concurrent_units: int | None = Field(None, ge=1)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)  # the ensemble stage
+    clip: ClipConfig | None = None  # the clip_pretrain and zero_shot stages
+    sweep: SweepConfig | None = None  # the sweep and retrain stages
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_as_entries(cls, models):
+        if isinstance(models, list):
+            return [{"name": m} if isinstance(m, str) else m for m in models]
+        return models
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, names: list[str]) -> list[str]:
+        from pipeline import stages
+
+        known = stages.available()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown stage '{name}'{_did_you_mean(name, known)}; known: {', '.join(known)}")
+        return names
+
+    @model_validator(mode="after")
+    def _sweep_given(self):
+        if self.sweep is None and (needs := [n for n in ("sweep", "retrain") if n in self.stages]):
+            raise ValueError(f"stage '{needs[0]}' needs a sweep: section (space:, num_samples:, ...)")
+        if "retrain" in self.stages and "sweep" not in self.stages:
+            raise ValueError("stage 'retrain' retrains the sweep's best config, and no stage produces one: "
+                             "add stage 'sweep'")
+        names = [entry.name for entry in self.models]
+        for name in (self.sweep.models or []) if self.sweep else []:
+            if name not in names:
+                raise ValueError(f"sweep.models: '{name}' is not in models:{_did_you_mean(name, names)}; "
+                                 f"models: {', '.join(names)}")
+        return self
+
+    def swept(self, entry: ModelEntry) -> bool:
+        """Whether the sweep (and retrain) stages take this model entry."""
+        return self.sweep is not None and (self.sweep.models is None or entry.name in self.sweep.models)
+
+    @model_validator(mode="after")
+    def _models_and_clip_given(self):
+        if not self.models and (needs := [n for n in self.stages if n not in MODEL_FREE_STAGES]):
+            raise ValueError(f"stage '{needs[0]}' needs at least one model in models:")
+        if self.clip is None and (needs := [n for n in ("clip_pretrain", "zero_shot") if n in self.stages]):
+            raise ValueError(f"stage '{needs[0]}' needs a clip: section (model:, captions:, train:, zero_shot:)")
+        return self
+
+    @model_validator(mode="after")
+    def _overrides_valid(self):
+        for entry in self.models:
+            train = self.train_config(entry)
+            try:
+                train.batch_plan(self.resources_for(entry).num_workers)
+            except PipelineError as exc:
+                raise ValueError(f"models[{entry.name}]: {exc}") from None
+        return self
+
+    def train_config(self, entry: ModelEntry) -> TrainConfig:
+        """The train section with the model's own overrides applied."""
+        try:
+            return TrainConfig.model_validate({**self.train.model_dump(), **entry.train})
+        except ValidationError as exc:
+            raise ValueError(f"models[{entry.name}].train: {_first_error(exc)}") from None
+
+    def resources_for(self, entry: ModelEntry) -> ResourcesConfig:
+        """The resources section with the model's own overrides applied (wrn28_10 on 4 GPUs beside LeNet on one CPU)."""
+        try:
+            return ResourcesConfig.model_validate({**self.resources.model_dump(), **entry.resources})
+        except ValidationError as exc:
+            raise ValueError(f"models[{entry.name}].resources: {_first_error(exc)}") from None
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.data.name.replace("_", "-")

@@ -1,0 +1,201 @@
+"""The spec's sections for data, training recipe, model entries, resources, ensembles and tracking."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.data.catalog import DATASETS
+from pipeline.errors import PipelineError
+from pipeline.spec import names
+from pipeline.spec.hints import _did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    name: str = "fashion_mnist"
+    path: str | None = None  # local files (IDX folder, imagefolder, parquet shards) or a hub id
+    image_column: str | None = None
+    label_column: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int | None = Field(None, ge=8)  # resize to this size (default: the data set's own)
+    in_chans: int | None = Field(None, ge=1, le=3)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # carved from the training set, seeded
+    limit_train: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
+    augment: bool = True
+    max_shift: int = Field(2, ge=0)  # random translation in pixels
+    streaming: bool | None = None  # default: the data set's own (ImageNet streams)
+    synthetic_size: int = Field(2000, ge=10)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown data set '{name}'{_did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _source_given(self):
+        if self.name == "huggingface" and not self.path:
+            raise ValueError("data set 'huggingface' needs data.path: a hub id or a local folder")
+        return self
+
+
+class TransformConfig(Strict):
+    """timm's train and eval transforms of a streamed data set (`timm.data.create_transform`); unset fields take
+    the model's pretrained config (crop_pct, interpolation, mean, std) or timm's defaults."""
+
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
+    hflip: float = Field(0.5, ge=0, le=1)  # where the data set's labels allow flips
+    color_jitter: float = Field(0.0, ge=0)  # brightness/contrast/saturation strength
+    auto_augment: str | None = None  # timm's policy string, e.g. rand-m9-mstd0.5 (RandAugment)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1)  # eval: resize to size / crop_pct, center crop to size
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _policy(cls, policy: str | None) -> str | None:
+        if policy is not None and not policy.startswith(("rand", "augmix", "original", "v0", "3a", "trivial")):
+            raise ValueError(f"unknown auto_augment policy '{policy}': use timm's strings, e.g. rand-m9-mstd0.5, "
+                             "augmix-m5-w4-d2, original, v0, 3a")
+        return policy
+
+
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw", "nadam", "radam", "nadamw", "lamb", "lambw", "adabelief", "adafactor",
+                       "lion", "adan", "laprop", "madgrad", "adopt", "adoptw", "mars")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)  # per worker; with global_batch_size: the most one worker fits per step
+    # The batch of one optimizer step over all workers; the per-worker batch is derived from it, with gradient
+    # accumulation when global / workers is more than batch_size. Default: batch_size x workers x grad_accum_steps.
+    global_batch_size: int | None = Field(None, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)  # without global_batch_size: micro-batches per optimizer step
+    # lr is the rate at a global batch of lr_base_size and is scaled to the run's global batch (timm's
+    # --lr-base/--lr-base-size): linear (SGD), sqrt (adaptive optimizers), auto picks by optimizer. None: lr as given.
+    lr_base_size: int | None = Field(None, ge=1)
+    lr_scale: Literal["auto", "linear", "sqrt"] = "auto"
+    transforms: TransformConfig = Field(default_factory=TransformConfig)  # streamed data sets
+    mixup: float = Field(0.0, ge=0)  # Mixup alpha (timm.data.Mixup); 0: off
+    cutmix: float = Field(0.0, ge=0)  # CutMix alpha; 0: off
+    mixup_prob: float = Field(1.0, ge=0, le=1)  # probability a batch is mixed
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1)  # with both on: probability of CutMix instead of Mixup
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # EMA of the weights (timm.utils.ModelEmaV3), e.g. 0.9998
+    compile: bool = False  # torch.compile the model
+    optimizer: str = "adamw"  # any timm.optim name
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, le=1)
+    scheduler: str = "cosine"  # any timm.scheduler name
+    warmup_epochs: int = Field(1, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    # Step schedules (timm's create_scheduler_v2): step: x decay_rate every decay_epochs; multistep: at milestones.
+    decay_epochs: float = Field(90, gt=0)
+    decay_milestones: list[int] = Field(default_factory=lambda: [90, 180, 270])
+    decay_rate: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    channels_last: bool | None = None  # default: on GPU
+    seed: int = 0
+    eval_test_every_epoch: bool = False  # test error per epoch too (training vs test curves), not only at the end
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        if not names.known("optimizers", name.lower()):
+            raise ValueError(f"unknown optimizer '{name}'{_did_you_mean(name, names.names('optimizers'))}")
+        return name.lower()
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        known = ["cosine", "tanh", "step", "multistep", "plateau", "poly", "none"]
+        if name not in known:
+            raise ValueError(f"unknown scheduler '{name}'; known: {', '.join(known)}")
+        return name
+
+    def batch_plan(self, world_size: int) -> dict[str, Any]:
+        """Per-worker micro-batch, accumulation steps, global batch and the (scaled) learning rate on
+        `world_size` workers. Pure arithmetic, so the driver logs it and the unit key includes it."""
+        if self.global_batch_size is None:
+            micro, accum = self.batch_size, self.grad_accum_steps
+        else:
+            per_worker, rest = divmod(self.global_batch_size, world_size)
+            if rest or not per_worker:
+                raise PipelineError(f"train.global_batch_size {self.global_batch_size} does not split evenly over "
+                                    f"{world_size} workers: make it a multiple of {world_size}")
+            accum = -(-per_worker // self.batch_size)  # the fewest micro-batches that fit batch_size
+            while per_worker % accum:
+                accum += 1
+            micro = per_worker // accum
+        global_batch = micro * accum * world_size
+        lr, rule = self.lr, "none"
+        if self.lr_base_size is not None:
+            rule = self.lr_scale if self.lr_scale != "auto" else \
+                ("sqrt" if self.optimizer in ADAPTIVE_OPTIMIZERS else "linear")
+            ratio = global_batch / self.lr_base_size
+            lr = self.lr * (ratio ** 0.5 if rule == "sqrt" else ratio)
+        return {"micro_batch": micro, "grad_accum_steps": accum, "global_batch": global_batch, "lr": lr,
+                "lr_scale_rule": rule}
+
+
+class ModelEntry(Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # extra arguments of timm.create_model
+    train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
+    resources: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the resources section
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if not names.known("models", name):
+            raise ValueError(f"unknown model '{name}'{_did_you_mean(name, names.names('models'))} "
+                             f"(`pipeline models` lists the zoo; any timm model name works)")
+        return name
+
+
+class ResourcesConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    threads_per_worker: int | None = Field(None, ge=1)  # torch CPU threads; default: cpus_per_worker
+    max_failures: int = Field(2, ge=0)  # worker restarts from the latest checkpoint
+    # On a cluster that can grow, how long a unit waits for nodes its workers fit on before it fails.
+    max_wait_s: float = Field(600, gt=0)
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
+
+
+class EnsembleConfig(Strict):
+    """The ensemble stage: the test-set probabilities of the top_k leaderboard runs, or of named members, averaged."""
+
+    top_k: int | None = Field(None, ge=2)  # default 3 when no members are named
+    members: list[str] = Field(default_factory=list)  # model names (their best run) or run ids
+    name: str | None = None  # its model name on the leaderboard; default ensemble(top3) or ensemble(a+b)
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        if self.members and self.top_k is not None:
+            raise ValueError("give ensemble.top_k or ensemble.members, not both")
+        if len(self.members) == 1:
+            raise ValueError("ensemble.members needs at least two models or run ids")
+        return self
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
+    experiment: str | None = None  # default: the data set's name
+    system_metrics: bool = True  # each node's CPU, memory (and GPU) use in the training runs

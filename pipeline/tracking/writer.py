@@ -1,0 +1,55 @@
+"""The driver's writer of a training run: events from rank 0 become MLflow metrics, once each."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from pipeline.training.relay import startup_parts, test_fault
+
+
+class RunWriter:
+    """Writes a training run's epochs into its MLflow run, each epoch once: steps already logged (by an
+    earlier attempt of the same unit, or a worker restarted from a checkpoint) are skipped, and the epochs
+    a checkpoint holds are logged at the end if an event was lost."""
+
+    def __init__(self, tracker, run_id: str, started_at: float | None = None,
+                 show: Callable[[dict], None] | None = None):
+        self.tracker, self.run_id, self.started_at, self.show = tracker, run_id, started_at, show
+        self.logged = tracker.logged_steps(run_id, "epoch")
+        self._startup_logged = bool(tracker.logged_steps(run_id, "startup_s"))
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "epoch":
+            test_fault("before_epoch_write", event.get("model"), event["metrics"]["epoch"])
+            if not self.epoch(event["metrics"]):
+                return  # an epoch a restarted worker sent again: logged and shown already
+            test_fault("after_epoch_write", event.get("model"), event["metrics"]["epoch"])
+        elif kind == "system":  # a node's CPU, memory and GPU use (pipeline.tracking.system_metrics)
+            self.tracker.log(self.run_id, event["metrics"], step=int(event["step"]))
+        elif kind == "resumed":
+            self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(event["epoch"]))
+        elif kind == "first_step":
+            if event.get("node"):
+                self.tracker.client.set_tag(self.run_id, "ray_node_id", event["node"])
+            with self._lock:
+                if not self._startup_logged and self.started_at is not None:
+                    self.tracker.log(self.run_id, startup_parts(self.started_at, event["time"], event.get("marks")))
+                    self._startup_logged = True
+        if self.show is not None:
+            self.show(event)
+
+    def epoch(self, metrics: dict[str, float]) -> bool:
+        """Log an epoch's metrics unless they are logged already; whether they were new."""
+        step = int(metrics["epoch"])
+        with self._lock:
+            if step in self.logged:
+                return False
+            self.tracker.log(self.run_id, metrics, step=step)
+            self.logged.add(step)
+            return True
+
+    def history(self, history: list[dict[str, Any]]) -> None:
+        for metrics in history:
+            self.epoch(metrics)

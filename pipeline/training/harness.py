@@ -1,0 +1,150 @@
+"""The distributed harness shared by the classification and CLIP loops: worker set-up, events,
+reports with checkpoints, resume, and `fit` (one Ray Train run)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from pipeline.training.config import WorkerConfig
+
+STATE_FILE = "state.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class Events:
+    """Rank 0's progress events (step, epoch with its metrics, resumed, final), sent to whoever called `fit`:
+    that process is the run's only MLflow writer, so the workers need no tracking credentials."""
+
+    def __init__(self, config: WorkerConfig):
+        self.queue = config.progress
+        self.label = config.label
+
+    def __call__(self, kind: str, **payload) -> None:
+        if self.queue is not None:
+            self.queue.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload})
+
+    def resumed(self, epoch: int, history: list[dict[str, float]]) -> None:
+        """A restart from a checkpoint; its epochs are sent again for the writer to log those it missed."""
+        self("resumed", epoch=epoch)
+        for past in history:
+            self("epoch", metrics=past)
+
+
+def gather_in_dataset_order(shard: torch.Tensor, world_size: int) -> torch.Tensor | None:
+    """Rows of every worker's evaluation shard (rank r holds items r, r + world_size, ...) in the
+    data set's order, on rank 0; None on the other ranks."""
+    if world_size == 1:
+        return shard
+    parts = [None] * world_size
+    dist.all_gather_object(parts, shard)
+    if dist.get_rank() != 0:
+        return None
+    full = torch.empty((sum(len(p) for p in parts), *shard.shape[1:]), dtype=shard.dtype)
+    for rank, part in enumerate(parts):
+        full[rank::world_size] = part
+    return full
+
+
+def report(metrics: dict[str, float], state: dict[str, Any] | None = None,
+           extra: dict[str, torch.Tensor] | None = None) -> None:
+    """`ray.train.report` with rank 0's checkpoint (the training state, extra tensors as files of their own)
+    written to a temporary folder that is removed once Ray has copied it to storage. The state holds
+    tensors and plain containers only, so it loads with `weights_only=True`."""
+    import ray.train
+
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as directory:
+        torch.save(state, Path(directory) / STATE_FILE)
+        for name, tensor in (extra or {}).items():
+            torch.save(tensor, Path(directory) / f"{name}.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def read_state(checkpoint) -> dict[str, Any]:
+    """The training state of a checkpoint, loaded without unpickling code (a planted file is refused)."""
+    import pickle
+
+    from pipeline.errors import PipelineError
+
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / STATE_FILE
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise PipelineError(f"checkpoint {path} holds more than tensors and plain containers and is not "
+                                f"loaded ({reason}): delete it, or train the unit again with --rerun") from None
+
+
+def load_checkpoint() -> dict[str, Any] | None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    return None if checkpoint is None else read_state(checkpoint)
+
+
+def worker_setup(threads: int, train: dict[str, Any]):
+    """What every training loop starts with: CPU threads, hyperparameters, rank, world size, device,
+    and an autocast context (bf16 on GPU with precision 'auto', or wherever precision is 'bf16')."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(threads)
+    hp = SimpleNamespace(**train)
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    use_bf16 = hp.precision == "bf16" or (hp.precision == "auto" and device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    return hp, context.get_world_rank(), context.get_world_size(), device, autocast
+
+
+def fit(loop, config, resources, storage_path: str, run_name: str, on_event=None, callbacks: list | None = None):
+    """Run the worker loop (`pipeline.training.loop.train_loop_per_worker`, the CLIP loop...) on `resources.num_workers` Ray Train
+    workers; returns Ray's Result.
+
+    Rank 0's events reach `on_event` in this process through a `pipeline.training.relay.Relay` (this process is the
+    run's MLflow writer; the workers get no credentials). Reusing `run_name` under the same storage path
+    resumes from its latest checkpoint. `callbacks` are Ray Train UserCallbacks (in a Tune trial:
+    `ray.tune.integration.ray_train.TuneReportCallback()`).
+    """
+    import dataclasses
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.training.relay import Relay
+
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
+    with Relay(on_event) as relay:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=dataclasses.replace(config, progress=relay.queue),
+            scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker=per_worker),
+            run_config=RunConfig(name=run_name, storage_path=storage_path,
+                                 failure_config=FailureConfig(max_failures=resources.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+        )
+        return trainer.fit()

@@ -1,0 +1,138 @@
+"""The driver-side recipe of a training run: model entries, identity, data shape and the worker config."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.data.fingerprint import data_fingerprint
+from pipeline.engine.context import RunContext
+from pipeline.errors import PipelineError
+from pipeline.spec.schema import Spec
+from pipeline.spec.sections import DataConfig, ModelEntry, TrainConfig
+
+
+def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
+    """The spec's distinct model entries, each with a name unique in the spec: the model's, with its place
+    in the list when two entries of one model differ (`lenet5`, `lenet5#1`). An entry identical to an
+    earlier one is the same unit, listed once."""
+    seen_names, seen_entries, named = set(), [], []
+    for index, entry in enumerate(spec.models):
+        if entry in seen_entries:
+            continue
+        named.append((entry.name if entry.name not in seen_names else f"{entry.name}#{index}", entry))
+        seen_names.add(entry.name)
+        seen_entries.append(entry)
+    return named
+
+
+def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
+    """What decides a training run's result: model, recipe, data, world size and the global batch."""
+    world_size = spec.resources_for(entry).num_workers
+    return {"model": entry.name, "kwargs": entry.kwargs, "train": train.model_dump(mode="json"),
+            "data": data_fingerprint(data), "world_size": world_size,
+            "global_batch": train.batch_plan(world_size)["global_batch"]}
+
+
+def validation_summary(history: list[dict[str, float]]) -> dict[str, float]:
+    """Selection metrics of a run, from its per-epoch history: the last epoch's validation error (the
+    weights it keeps) and its best epoch's, under keys of their own; none without a validation split."""
+    scored = [h for h in history if "val_top1" in h]
+    if not scored:
+        return {}
+    best = min(scored, key=lambda h: (100 - h["val_top1"], h.get("val_loss", 0.0)))
+    return {"val_top1_err": 100 - scored[-1]["val_top1"], "best_val_top1_err": 100 - best["val_top1"],
+            "best_epoch": best["epoch"]}
+
+
+def paper_year(model: str) -> str:
+    from models.catalogue import FAMILIES, family_of
+
+    family = family_of(model)
+    return next((str(f.year) for f in FAMILIES if f.name == family), "")
+
+
+def accelerator(resources) -> str:
+    """What the workers train on: 'cpu', or the GPU's name as seen from a worker (the driver may have none)."""
+    if resources.gpus_per_worker <= 0:
+        return "cpu"
+    import ray
+
+    @ray.remote(num_cpus=0, num_gpus=resources.gpus_per_worker)
+    def gpu_name() -> str:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+
+    return ray.get(gpu_name.remote(), timeout=300)
+
+
+def data_shape(context: RunContext, data: DataConfig) -> dict[str, Any]:
+    """Channels, image size, classes and normalization of a data set, and how workers read it."""
+    from pipeline.data import dataset_info, normalization
+
+    info = dataset_info(data)
+    splits = context.splits(data)
+    if splits is not None:
+        return {"in_chans": splits.train.in_chans, "image_size": splits.train.image_size, "classes": splits.classes,
+                "mean": splits.train.mean, "std": splits.train.std, "hflip": splits.train.hflip,
+                "stream": {}, "test_labels": splits.test.labels}
+    in_chans = data.in_chans or info.in_chans or 3
+    image_size = data.image_size or info.image_size or 224
+    stream = stream_args(data, info)
+    mean, std = normalization(data, in_chans)
+    return {"in_chans": in_chans, "image_size": image_size, "classes": stream["classes"], "mean": mean, "std": std,
+            "hflip": info.hflip, "stream": stream, "test_labels": None}
+
+
+def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
+                  label: str, evaluate_test: bool = True, resources=None):
+    """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks); `resources`
+    are the run's (default: the spec's for the entry), which fix the world size of the global batch."""
+    from pipeline.training.config import WorkerConfig
+
+    shape = data_shape(context, data)
+    if resources is None:
+        resources = context.spec.resources_for(entry) if entry in context.spec.models else context.spec.resources
+    mean, std, stream = tuple(shape["mean"]), tuple(shape["std"]), shape["stream"]
+    if stream:  # timm's transforms for this model, run by the stream's Ray Data tasks
+        from pipeline.data.transforms import resolve_transforms
+
+        transforms = resolve_transforms(entry.name, train.transforms.model_dump(), shape["image_size"],
+                                        shape["in_chans"], mean, std, shape["hflip"])
+        mean, std = transforms["mean"], transforms["std"]
+        train_cpus = resources.num_workers * resources.cpus_per_worker
+        check_decode_cpus(train_cpus)
+        stream = {**stream, "transforms": transforms, "train_cpus": train_cpus}
+    config = WorkerConfig(
+        model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
+        num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=mean,
+        std=std, hflip=shape["hflip"], threads=threads, splits_ref=context.splits_ref(data),
+        stream=stream, label=label, evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics)
+    return config, shape
+
+
+def check_decode_cpus(train_cpus: float) -> None:
+    """A streamed set is decoded by Ray Data tasks of 1 CPU each: with every CPU of the cluster taken by the
+    training workers they would never run, and the workers would wait for data forever."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    if total - train_cpus < 1:
+        raise PipelineError(f"a streamed data set needs CPUs to decode images beside the training workers, but the "
+                            f"workers take {train_cpus:g} of the cluster's {total:g} CPUs: lower "
+                            "resources.cpus_per_worker or num_workers, or add nodes")
+
+
+def stream_args(data: DataConfig, info) -> dict[str, Any]:
+    """The streamed splits, described once by the driver (files, pieces, row counts; the first image decoded)."""
+    from pipeline.data.stream import describe
+
+    source = data.path or info.hub_id
+    columns = (data.image_column or info.image_column, data.label_column or info.label_column)
+    train = describe(source, data.train_split, *columns)
+    test = describe(source, data.test_split, *columns)
+    if not (train.classes or info.classes):
+        raise PipelineError(f"data set '{source}' has no class names on its label column '{columns[1]}': "
+                            "use a ClassLabel column")
+    return {"train": train, "test": test, "classes": list(train.classes or info.classes)}
