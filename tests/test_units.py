@@ -1,11 +1,13 @@
 """Planning a workflow (no Ray, no data): units per stage, their DAG and their content keys."""
+import shutil
+
 import pytest
 from conftest import run_cli
 
 from pipeline.data.fingerprint import data_fingerprint
-from pipeline.engine import workflow
+from pipeline.engine import registry
 from pipeline.engine.context import RunContext
-from pipeline.engine.keys import code_version
+from pipeline.engine import keys
 from pipeline.spec.loading import parse_spec
 
 
@@ -15,7 +17,7 @@ def spec_tree(**extra) -> dict:
 
 
 def plan(tree: dict) -> dict:
-    units = workflow.plan(RunContext(parse_spec(tree)))
+    units = registry.plan(RunContext(parse_spec(tree)))
     for unit in units:
         if unit.identify is None:
             unit.resolve_key({})
@@ -25,8 +27,10 @@ def plan(tree: dict) -> dict:
 def test_a_stage_fans_out_into_units_that_form_a_dag():
     units = plan(spec_tree(stages=["leaderboard", "retrain", "ensemble", "sweep", "train"],
                            sweep={"space": {"lr": {"type": "choice", "values": [0.01, 0.1]}}}))
-    assert list(units) == ["train/lenet5", "train/resnet20", "sweep/lenet5", "sweep/resnet20", "retrain/lenet5",
-                           "retrain/resnet20", "ensemble", "leaderboard"]
+    # Each stage after those it declares (retrain after sweep, ensemble after train and retrain, the leaderboard
+    # after all), otherwise in the spec's order.
+    assert list(units) == ["sweep/lenet5", "sweep/resnet20", "retrain/lenet5", "retrain/resnet20", "train/lenet5",
+                           "train/resnet20", "ensemble", "leaderboard"]
     assert units["retrain/lenet5"].needs == ["sweep/lenet5"]  # its own sweep, not every sweep
     assert units["retrain/lenet5"].key is None  # known once the sweep's best config is
     assert set(units["ensemble"].after) == {"train/lenet5", "train/resnet20", "retrain/lenet5", "retrain/resnet20"}
@@ -47,7 +51,52 @@ def test_keys_change_with_what_decides_a_result_and_only_there():
     # More CPUs per worker change nothing a result depends on.
     same = plan(spec_tree(resources={"num_workers": 2, "cpus_per_worker": 2}))
     assert same["train/lenet5"].key == base["train/lenet5"].key
-    assert "+" in code_version()  # package version + source hash
+
+
+@pytest.fixture
+def project_copy(tmp_path, monkeypatch):
+    """A copy of the project's source that unit keys are computed from, to edit without touching the checkout."""
+    for folder in ("pipeline", "models"):
+        shutil.copytree(keys.ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(keys, "ROOT", tmp_path)
+    for cached in (keys._files, keys.code_digest, keys.model_code):
+        cached.cache_clear()
+    yield tmp_path
+    for cached in (keys._files, keys.code_digest, keys.model_code):
+        cached.cache_clear()
+
+
+def test_a_unit_key_depends_on_the_code_its_result_depends_on_and_no_other(project_copy):
+    tree = spec_tree(models=["lenet5", "resnet20", "vit_tiny_patch4_32"], stages=["train", "tables", "leaderboard"])
+
+    def keys_after(edit: str | None) -> dict[str, str]:
+        if edit:  # the file's content changes; clear what was hashed
+            with open(project_copy / edit, "a") as handle:
+                handle.write("\n# an edit\n")
+        for cached in (keys._files, keys.code_digest, keys.model_code):
+            cached.cache_clear()
+        return {name: unit.key for name, unit in plan(tree).items() if unit.cacheable}
+
+    before = keys_after(None)
+    for unrelated in ("pipeline/cli/results.py", "pipeline/results/leaderboard.py", "pipeline/benchmarks/train.py",
+                      "pipeline/engine/scheduler.py"):
+        assert keys_after(unrelated) == before, unrelated
+    catalogue = keys_after("models/catalogue.py")  # the tables read it; no network is built from it
+    assert {n for n in before if catalogue[n] != before[n]} == {"tables"}
+    before = catalogue
+    loop = keys_after("pipeline/training/loop.py")  # every trained network, not the tables
+    assert {n for n in before if loop[n] != before[n]} == {"train/lenet5", "train/resnet20", "train/vit_tiny_patch4_32"}
+    resnet = keys_after("models/resnet.py")  # the ResNet's units only (the tables recompute every model)
+    assert {n for n in loop if resnet[n] != loop[n]} == {"train/resnet20", "tables"}
+    shared = keys_after("models/_common.py")  # what every zoo model is built on
+    assert {n for n in resnet if shared[n] != resnet[n]} == {"train/lenet5", "train/resnet20",
+                                                             "train/vit_tiny_patch4_32", "tables"}
+    keys.CACHE_EPOCH += 1  # the documented way to rebuild everything
+    try:
+        everything = keys_after(None)
+        assert all(everything[n] != shared[n] for n in shared)
+    finally:
+        keys.CACHE_EPOCH -= 1
 
 
 def test_two_entries_of_one_model_are_two_units_and_identical_ones_one():

@@ -6,14 +6,11 @@ from typing import Any
 
 import yaml
 
+from pipeline.engine import registry
 from pipeline.engine.context import RunContext
-from pipeline.engine.keys import code_version
 from pipeline.errors import PipelineError
 from pipeline.spec.schema import Spec
 from pipeline.tracking.tags import CODE_TAG, UNIT_TAG
-
-# The stages a unit's stage needs to run again (their units are cached when they finished).
-STAGE_NEEDS = {"retrain": ["sweep"], "zero_shot": ["clip_pretrain"], "ensemble": ["train"]}
 
 
 def rebuild(uri: str, run_id: str, console) -> tuple[dict[str, Any], Spec, str]:
@@ -38,15 +35,17 @@ def rebuild(uri: str, run_id: str, console) -> tuple[dict[str, Any], Spec, str]:
                 tree = yaml.safe_load(handle)
     except Exception:
         raise PipelineError(f"run {run_id} keeps no spec.yaml: it cannot be rebuilt") from None
-    stage = run.data.tags.get("stage", unit.partition("/")[0])
-    tree["stages"] = [*STAGE_NEEDS.get(stage, []), stage]
+    stage = registry.load(run.data.tags.get("stage", unit.partition("/")[0]))
+    # The stages it follows run too (their units are cached when they finished), as far as the spec had them.
+    tree["stages"] = [s for s in tree.get("stages", []) if s in stage.after] + [stage.name]
     tree.setdefault("tracking", {})["uri"] = uri
     model = unit.partition("/")[2].partition("#")[0]
-    only = [model] if model and tree.get("models") and stage in ("train", "sweep", "retrain") else []
+    only = [model] if model and tree.get("models") and stage.per_model else []
     spec = parse_spec(tree, f"the spec of run {run_id}", only=only)
     recorded = run.data.tags.get(CODE_TAG)
-    if recorded and recorded != code_version():
-        console.print(f"[yellow]note:[/] run {run_id} was made by code {recorded}; this is {code_version()}: "
+    planned = next((u for u in registry.plan(RunContext(spec)) if u.name == unit), None)
+    if recorded and planned is not None and recorded != planned.code_version:
+        console.print(f"[yellow]note:[/] run {run_id} was made by code {recorded}; this is {planned.code_version}: "
                       "the new run uses this code")
     return {"run_id": run_id, "metrics": dict(run.data.metrics)}, spec, unit
 
@@ -54,7 +53,7 @@ def rebuild(uri: str, run_id: str, console) -> tuple[dict[str, Any], Spec, str]:
 def result_of(context: RunContext, unit_name: str) -> dict[str, Any]:
     stage, _, model = unit_name.partition("/")
     outputs = context.outputs.get(stage, {})
-    return outputs.get(model, {}) if stage in ("train", "sweep", "retrain") else outputs
+    return outputs.get(model, {}) if registry.load(stage).per_model else outputs
 
 
 def compare_line(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ import traceback
 from rich.markup import escape
 
 from pipeline.engine.context import Job, RunContext
-from pipeline.engine.keys import code_version
 from pipeline.engine.resources import (
     MISFIT_FIX,
     _describe,
@@ -162,7 +161,7 @@ class Engine:
             return Job(context, unit, run_id, train_name, self.inputs(unit), resumed=True)
         run_id = tracker.start_run(
             context.experiment_id, title, parent_id=context.parent_run_id,
-            tags={UNIT_TAG: unit.name, KEY_TAG: unit.key, CODE_TAG: code_version(), "stage": unit.stage,
+            tags={UNIT_TAG: unit.name, KEY_TAG: unit.key, CODE_TAG: unit.code_version, "stage": unit.stage,
                   "spec": context.spec.name, **({"model": unit.model} if unit.model else {})})
         self.hold(run_id, unit.name)
         train_name = f"{unit.slug}-{unit.key[:10]}-{run_id[:8]}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.engine.keys import code_version
+from pipeline.engine.keys import unit_code
 from pipeline.hashing import digest
 
 
@@ -17,7 +17,7 @@ from pipeline.hashing import digest
 class Unit:
     """One piece of work of a stage.
 
-    `identity` is what decides the result (hashed into the key, with the code version); for a unit whose
+    `identity` is what decides the result (hashed into the key, with the digest of its `code`); for a unit whose
     inputs are only known once what it needs has run (a retrain needs its sweep's best config), `identify`
     computes it from those results. `resources` is what it asks of the cluster (None: it runs in the driver
     and needs no Ray). `run(job)` does the work and returns the unit's output for the units that need it.
@@ -37,11 +37,18 @@ class Unit:
     cacheable: bool = True  # a leaderboard is rebuilt every time
     uses_data: bool = False  # needs the in-memory data set
     from_run: Callable[[Any, Any], dict[str, Any]] | None = None  # (run, context) -> output of a cached run
+    # The source its result depends on, relative to the project (files, folders, `timm==VERSION`);
+    # default: its stage's module. See pipeline.engine.keys.
+    code: tuple[str, ...] = ()
     key: str | None = None
+
+    @property
+    def code_version(self) -> str:
+        return unit_code(self.code or (f"pipeline/stages/{self.stage}.py",))
 
     def resolve_key(self, outputs: dict[str, dict[str, Any]]) -> str:
         identity = self.identity if self.identify is None else self.identify(outputs)
-        self.key = digest({"stage": self.stage, "identity": identity, "code": code_version()}, 24)
+        self.key = digest({"stage": self.stage, "identity": identity, "code": self.code_version}, 24)
         return self.key
 
     @property

@@ -25,31 +25,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from pipeline import stages
+from pipeline.engine import registry
 from pipeline.engine.context import RunContext
-from pipeline.engine.keys import code_version
-from pipeline.engine.registry import PLANNERS, STAGE_ORDER
 from pipeline.engine.resources import check_fits
 from pipeline.engine.scheduler import Engine
 from pipeline.engine.signals import Interrupted
-from pipeline.engine.units import Unit
-from pipeline.errors import PipelineError
 from pipeline.spec.schema import Spec
-from pipeline.tracking.tags import CODE_TAG
-
-
-def plan(context: RunContext) -> list[Unit]:
-    """The spec's units in stage order, each stage's planner seeing the units planned before it."""
-    units: list[Unit] = []
-    for name in STAGE_ORDER:
-        if name in context.spec.stages:
-            stages.load(name)
-            units.extend(PLANNERS[name](context, list(units)))
-    names = {u.name for u in units}
-    for unit in units:
-        if missing := [n for n in unit.needs if n not in names]:
-            raise PipelineError(f"unit {unit.name} needs {missing[0]}, which no stage of the spec produces")
-    return units
 
 
 def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> Engine:
@@ -61,7 +42,7 @@ def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, r
     if tree["tracking"]["uri"]:  # a password written into the URI is not kept with the runs
         tree["tracking"]["uri"] = redact(tree["tracking"]["uri"])
     context.spec_yaml = yaml.safe_dump(tree, sort_keys=False)
-    units = plan(context)
+    units = registry.plan(context)
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
     context.tracker = Tracker(uri, create=False)
@@ -73,17 +54,12 @@ def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, r
     return engine
 
 
-def preflight_data(context: RunContext, stages: set[str]) -> None:
-    """Load the data set (or open a streamed one), and the caption set if a pretraining unit is among the
-    `stages` about to run, before any run is written: a missing or corrupt file, or a wrong column, is a
-    one-line error, not a failed unit."""
+def preflight_data(context: RunContext) -> None:
+    """Load the data set (or open a streamed one) before any run is written: a missing or corrupt file, or a
+    wrong column, is a one-line error, not a failed unit."""
     from pipeline.data import dataset_info, is_streaming
 
-    data, captions = context.spec.data, context.spec.clip.captions if context.spec.clip else None
-    if captions is not None and captions.path and "clip_pretrain" in stages:
-        from pipeline.data.captions import open_caption_set
-
-        open_caption_set(captions.path, captions.split, captions.image_column, captions.text_column)
+    data = context.spec.data
     if not is_streaming(data):
         context.splits(data)
         return
@@ -101,12 +77,8 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     context, tracker = engine.context, engine.context.tracker
     to_run = [u for u in engine.units if engine.states[u.name].state != "cached"]
     if any(u.uses_data for u in to_run):
-        preflight_data(context, {u.stage for u in to_run})
-    if any(u.stage in ("train", "sweep", "retrain") for u in to_run):
-        from pipeline.training.model_checks import check_model_kwargs
-
-        for entry in spec.models:  # imports torch and timm, so here rather than in the offline `validate`
-            check_model_kwargs(entry.name, entry.kwargs)
+        preflight_data(context)
+    registry.preflight(context, to_run)
     tracker = context.tracker = Tracker(tracker.uri)
     context.experiment_id = tracker.experiment_id(spec.experiment_name)
     total: dict[str, float] = {}
@@ -119,7 +91,7 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     context.parent_run_id = tracker.start_run(
         context.experiment_id, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         params={"spec": spec.name, "stages": ",".join(spec.stages)},
-        tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name, CODE_TAG: code_version()})
+        tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name})
     engine.hold(context.parent_run_id, "workflow")
     tracker.log_text(context.parent_run_id, context.spec_yaml, "spec.yaml")
     if any(u.uses_data for u in to_run):  # the data set, in the runs table's Dataset column of the workflow run

@@ -1,9 +1,10 @@
 """The leaderboard as a terminal table, markdown or CSV; two experiments side by side."""
 from __future__ import annotations
+
 import csv
 import io
 import sys
-from dataclasses import dataclass, field
+
 from pipeline.errors import PipelineError
 from pipeline.results.leaderboard import FOOTNOTE, FORMATS, Leaderboard
 

@@ -3,12 +3,10 @@
 The ranking reports; it selects nothing. What picks runs (ensemble members, the registered champion) reads
 their validation error through `by_validation`, never the test figures shown here."""
 from __future__ import annotations
-import csv
-import io
-import sys
-from dataclasses import dataclass, field
-from pipeline.errors import PipelineError
 
+from dataclasses import dataclass, field
+
+from pipeline.errors import PipelineError
 
 # timm's results-file columns first, then ours.
 COLUMNS = ["model", "top1", "top1_err", "top5", "top5_err", "param_count", "gmacs", "train_samples_per_sec",

@@ -1,14 +1,13 @@
 """The leaderboard in the MLflow UI: the experiment's description, the UI's links to models and runs."""
 from __future__ import annotations
-import csv
-import io
-import sys
-from dataclasses import dataclass, field
-from pipeline.errors import PipelineError
-from pipeline.results.leaderboard import LOCAL_UI
-from pipeline.results.formats import _cell
-from pipeline.results.leaderboard import FOOTNOTE, Leaderboard, build, selection_error
 
+from pipeline.results.formats import _cell
+from pipeline.results.leaderboard import (
+    FOOTNOTE,
+    Leaderboard,
+    build,
+    selection_error,
+)
 
 # The default address of `pipeline ui`, where runs of an embedded store are browsed.
 

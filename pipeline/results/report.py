@@ -8,10 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.results import formats
-from pipeline.results import leaderboard
-from pipeline.results import plots
 from pipeline.errors import PipelineError
+from pipeline.results import formats, leaderboard, plots
 
 CURVE_KINDS = ("train", "retrain")  # runs with per-epoch metrics
 MAX_CURVES = 8

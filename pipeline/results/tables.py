@@ -369,8 +369,8 @@ def complexity(entries: list[tuple[str, dict]] | None = None) -> Table:
 
 def models_table() -> Table:
     """`pipeline models`: every architecture with its family, paper, size and cost, small variants, ILSVRC result."""
-    from models.catalogue import FAMILIES
     from models._factory import model_complexity
+    from models.catalogue import FAMILIES
 
     table = Table("models", "The model zoo",
                   ["model", "family", "year", "input", "params (M)", "GMACs", "small-image variants",

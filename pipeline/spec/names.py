@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pkgutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,8 +19,7 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vi
 def _cache_key() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    from pipeline.engine.keys import code_version
-    from pipeline.hashing import digest
+    from pipeline.hashing import digest, files_digest
 
     versions = {}
     for package in ("timm", "open-clip-torch", "torch"):
@@ -27,7 +27,8 @@ def _cache_key() -> str:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    return digest({"versions": versions, "code": code_version()}, 16)
+    zoo = Path(__file__).resolve().parents[2] / "models"  # the zoo registers its models in timm's registry
+    return digest({"versions": versions, "zoo": files_digest(zoo.glob("*.py"), zoo)}, 16)
 
 
 def _list_all() -> dict[str, list[str]]:
@@ -70,3 +71,10 @@ def known(kind: str, name: str) -> bool:
 
 def names(kind: str) -> frozenset[str]:
     return _names()[kind]
+
+
+def stages() -> list[str]:
+    """Stage names: the modules of `pipeline/stages/`, listed without importing them (each is a plug-in the
+    workflow engine loads by name)."""
+    folder = Path(__file__).resolve().parents[1] / "stages"
+    return sorted(m.name for m in pkgutil.iter_modules([str(folder)]) if not m.name.startswith("_"))

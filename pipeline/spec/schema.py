@@ -6,6 +6,7 @@ import os
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.spec import names
 from pipeline.spec.clip import ClipConfig
 from pipeline.spec.hints import _did_you_mean, _first_error
 from pipeline.spec.sections import (
@@ -49,14 +50,12 @@ class Spec(Strict):
 
     @field_validator("stages")
     @classmethod
-    def _known_stages(cls, names: list[str]) -> list[str]:
-        from pipeline import stages
-
-        known = stages.available()
-        for name in names:
+    def _known_stages(cls, chosen: list[str]) -> list[str]:
+        known = names.stages()
+        for name in chosen:
             if name not in known:
                 raise ValueError(f"unknown stage '{name}'{_did_you_mean(name, known)}; known: {', '.join(known)}")
-        return names
+        return chosen
 
     @model_validator(mode="after")
     def _sweep_given(self):

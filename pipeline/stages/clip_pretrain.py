@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.clip import CLIP_CODE
 from pipeline.data.fingerprint import data_fingerprint
 from pipeline.engine.context import Job, RunContext, storage_of
 from pipeline.engine.registry import stage
@@ -72,14 +73,24 @@ def clip_identity(spec) -> dict[str, Any]:
             if captions.path else None, "world_size": spec.resources.num_workers}
 
 
+def check_captions(context: RunContext) -> None:
+    """An image-caption set opens and has its columns, before any run is written."""
+    from pipeline.data.captions import open_caption_set
+
+    captions = context.spec.clip.captions
+    if captions.path:
+        open_caption_set(captions.path, captions.split, captions.image_column, captions.text_column)
+
+
 def finished_pretrain(run, context=None) -> dict[str, Any]:
     return {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)}
 
 
-@stage(STAGE)
+@stage(STAGE, preflight=check_captions)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     return [Unit(name=f"{STAGE}/{spec.clip.model}", stage=STAGE,
+                 code=(*CLIP_CODE, "pipeline/stages/clip_pretrain.py"),
                  title=f"{spec.clip.model} (clip pretrain)", identity=clip_identity(spec), resources=spec.resources,
                  uses_data=True, from_run=finished_pretrain, run=run_unit)]
 

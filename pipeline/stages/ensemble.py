@@ -186,7 +186,7 @@ def log_ensemble_model(tracker, run_id: str, label: str, members: list[Member], 
                          params, {**tags, "kind": "ensemble"}, metrics, data)
 
 
-@stage("ensemble")
+@stage("ensemble", after=("train", "retrain"))
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """One unit, after every training unit of the spec (finished or not): its members are the experiment's
     best runs by then, or the named ones; its key is the members' run ids with the ensemble's config."""

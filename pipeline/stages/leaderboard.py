@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from pipeline.engine.context import Job, RunContext
-from pipeline.engine.registry import stage
+from pipeline.engine.registry import EVERY_STAGE, stage
 from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
 
 
-@stage("leaderboard")
+@stage("leaderboard", after=EVERY_STAGE)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """One unit in the driver after every other unit, rebuilt on every run (never cached)."""
     return [Unit(name="leaderboard", stage="leaderboard", identity={}, cacheable=False,

@@ -10,7 +10,8 @@ from pipeline.engine.context import Job, RunContext
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
 from pipeline.spec.sections import TrainConfig
-from pipeline.training.recipe import named_entries, training_identity
+from pipeline.training.model_checks import check_models
+from pipeline.training.recipe import named_entries, training_code, training_identity
 from pipeline.training.unit import finished_output, run_training
 
 
@@ -20,7 +21,7 @@ def retrain_config(spec, outputs: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate(best)
 
 
-@stage("retrain")
+@stage("retrain", after="sweep", per_model=True, preflight=check_models)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     # The validation split goes back into training: selection is over.
@@ -51,5 +52,6 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
             return output
 
         units.append(Unit(name=f"retrain/{name}", stage="retrain", model=name, needs=[sweep], identify=identify,
+                          code=training_code(entry.name, "pipeline/stages/retrain.py"),
                           resources=spec.resources_for(entry), uses_data=True, from_run=finished_output, run=run))
     return units

@@ -13,7 +13,13 @@ from pipeline.engine.context import Job, RunContext, storage_of
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
 from pipeline.errors import UnitFailed
-from pipeline.training.recipe import named_entries, training_identity, worker_config
+from pipeline.training.model_checks import check_models
+from pipeline.training.recipe import (
+    named_entries,
+    training_code,
+    training_identity,
+    worker_config,
+)
 
 # Sweep units run one at a time in this process: each is a Ray Tune run whose own trials run concurrently,
 # and two Tune controllers in one driver share process-wide state (its environment settings, its output).
@@ -44,7 +50,7 @@ def finished_sweep(run, context: RunContext) -> dict[str, Any]:
     return {"run_id": run.info.run_id, "sweep_key": run.data.tags.get("sweep_key"), "best_config": best}
 
 
-@stage("sweep")
+@stage("sweep", per_model=True, preflight=check_models)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     units = []
@@ -54,7 +60,9 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
         identity = {**training_identity(spec, entry, spec.train_config(entry), spec.data),
                     "sweep": spec.sweep.model_dump(mode="json"), "world_size": spec.sweep.resources.num_workers}
         units.append(Unit(
-            name=f"sweep/{name}", stage="sweep", model=name, title=f"{name}-sweep", identity=identity,
+            name=f"sweep/{name}", stage="sweep", model=name,
+            title=f"{name}-sweep", identity=identity,
+            code=training_code(entry.name, "pipeline/stages/sweep.py", "pipeline/training/sweep.py"),
             resources=spec.sweep.resources, parallel=spec.sweep.max_concurrent_trials, uses_data=True,
             from_run=finished_sweep, run=lambda job, entry=entry: run_unit(job, entry)))
     return units

@@ -10,7 +10,8 @@ from pipeline.engine.units import Unit
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """One unit in the driver (no Ray, no data): the complexity table covers the spec's models."""
     entries = [(entry.name, entry.kwargs) for entry in context.spec.models]
-    return [Unit(name="tables", stage="tables", title="lecture-tables", identity={"models": entries},
+    return [Unit(name="tables", stage="tables", title="lecture-tables",
+                 code=("pipeline/stages/tables.py", "pipeline/results/tables.py", "models"), identity={"models": entries},
                  from_run=lambda run, context: {"run_id": run.info.run_id}, run=run_unit)]
 
 

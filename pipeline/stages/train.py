@@ -4,18 +4,20 @@ from __future__ import annotations
 from pipeline.engine.context import RunContext
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
-from pipeline.training.recipe import named_entries, training_identity
+from pipeline.training.model_checks import check_models
+from pipeline.training.recipe import named_entries, training_code, training_identity
 from pipeline.training.unit import finished_output, run_training
 
 
-@stage("train")
+@stage("train", per_model=True, preflight=check_models)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     units = []
     for name, entry in named_entries(spec):
         train = spec.train_config(entry)
         units.append(Unit(
-            name=f"train/{name}", stage="train", model=name, resources=spec.resources_for(entry), uses_data=True,
+            name=f"train/{name}", stage="train", model=name, code=training_code(entry.name, "pipeline/stages/train.py"),
+            resources=spec.resources_for(entry), uses_data=True,
             identity=training_identity(spec, entry, train, spec.data), from_run=finished_output,
             run=lambda job, entry=entry, train=train: run_training(job, entry, train, job.spec.data)))
     return units

@@ -6,12 +6,14 @@ import os
 import tempfile
 from typing import Any
 
+from pipeline.clip import CLIP_CODE
 from pipeline.data.fingerprint import data_fingerprint
 from pipeline.engine.context import Job, RunContext
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
-from pipeline.stages.clip_pretrain import STAGE as PRETRAIN_STAGE
+
+PRETRAIN_STAGE = "clip_pretrain"  # the stage whose model it evaluates by default
 
 # The model is a few MB: MLflow's download progress bar would only clutter the stage's output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -65,7 +67,7 @@ def finished_zero_shot(run, context: RunContext) -> dict[str, Any]:
     return output
 
 
-@stage("zero_shot")
+@stage("zero_shot", after=PRETRAIN_STAGE)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """One unit: the CLIP model of this spec's clip_pretrain unit, of the experiment's latest finished
     pretraining in MLflow (looked up when the run starts, before anything trains), or a named model."""
@@ -79,7 +81,8 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
                 "templates": templates, "data": data_fingerprint(spec.data)}
 
     name = spec.clip.model if spec.clip.zero_shot.model == "pretrain" else spec.clip.zero_shot.model
-    return [Unit(name=f"zero_shot/{name}", stage="zero_shot", title=f"{name} (zero-shot)", needs=needs,
+    return [Unit(name=f"zero_shot/{name}", stage="zero_shot",
+                 code=(*CLIP_CODE, "pipeline/stages/zero_shot.py"), title=f"{name} (zero-shot)", needs=needs,
                  identify=identify, uses_data=True, from_run=finished_zero_shot, run=run_unit)]
 
 

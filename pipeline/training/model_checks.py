@@ -60,3 +60,10 @@ def check_model_kwargs(name: str, kwargs: dict) -> None:
         close = difflib.get_close_matches(key, listed, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise PipelineError(f"model '{name}' takes no keyword argument '{key}'{hint}; it takes: {', '.join(listed)}")
+
+
+def check_models(context) -> None:
+    """Every model entry's kwargs, before a training unit runs (imports torch and timm, so not in the
+    offline `validate`)."""
+    for entry in context.spec.models:
+        check_model_kwargs(entry.name, entry.kwargs)

@@ -5,9 +5,21 @@ from typing import Any
 
 from pipeline.data.fingerprint import data_fingerprint
 from pipeline.engine.context import RunContext
+from pipeline.engine.keys import model_code
 from pipeline.errors import PipelineError
 from pipeline.spec.schema import Spec
 from pipeline.spec.sections import DataConfig, ModelEntry, TrainConfig
+
+# The code a trained network depends on (a unit's key hashes it, with its model's module): the driver's
+# recipe and unit, the harness, the worker loop and its evaluation, and the data path.
+TRAINING_CODE = ("pipeline/training/config.py", "pipeline/training/evaluation.py", "pipeline/training/harness.py",
+                 "pipeline/training/loop.py", "pipeline/training/recipe.py", "pipeline/training/relay.py",
+                 "pipeline/training/unit.py", "pipeline/data")
+
+
+def training_code(model: str, *more: str) -> tuple[str, ...]:
+    """What a unit training `model` is keyed on: the training code, the model's source and `more`."""
+    return (*TRAINING_CODE, *model_code(model), *more)
 
 
 def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
