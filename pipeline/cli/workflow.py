@@ -1,9 +1,6 @@
 """Commands that run a spec: validate, run, status, rerun."""
 from __future__ import annotations
 
-import os
-import signal
-import sys
 from typing import Optional
 
 import typer
@@ -75,22 +72,16 @@ def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[st
 
 
 def run_workflow(spec, verbose: bool, rerun: list[str]):
-    """`workflow.run`, with an interrupt ending the process with 130 (SIGINT) or 143 (SIGTERM).
-
-    The exit is handled here, not by Typer (which turns any KeyboardInterrupt into 130): a sweep's Tune loop
-    may still run in its unit's thread, the interpreter's exit would shut Ray down under it, and Ray's core
-    worker then ends the process with code 1. The workflow has marked its runs KILLED and said how to resume,
-    and a local Ray cluster ends with this process (Ray's fate sharing), so the process ends at once."""
+    """`workflow.run`, with an interrupt ending the process with 130 (SIGINT) or 143 (SIGTERM), here rather
+    than by Typer (which turns any KeyboardInterrupt into 130): see `pipeline.engine.signals`."""
     from pipeline.engine import signals, workflow
 
     try:
         return workflow.run(spec, console, verbose, rerun)
     except KeyboardInterrupt as exc:
-        if not isinstance(exc, signals.Interrupted):
+        if not isinstance(exc, signals.Interrupted):  # before the workflow's own handler was in place
             Console(stderr=True).print("[bold red]interrupted[/]")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(128 + getattr(exc, "signum", signal.SIGINT))
+        signals.exit_interrupted(exc)
 
 
 @app.command()

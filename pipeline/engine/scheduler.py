@@ -23,13 +23,14 @@ from pipeline.engine.states import (
     WAIT_POLL_S,
     UnitState,
     classify,
-    find_runs,
     lease_alive,
     matches,
     this_owner,
+    unit_runs,
 )
 from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError, UnitFailed
+from pipeline.tracking.queries import find_runs, kill_runs
 from pipeline.tracking.tags import (
     CODE_TAG,
     KEY_TAG,
@@ -62,7 +63,7 @@ class Engine:
         state = self.states[unit.name]
         unit.resolve_key(outputs)
         if unit.cacheable and self.context.experiment_id is not None:
-            classify(state, find_runs(self.context.tracker, self.context.experiment_id, unit.key), self.forced(unit))
+            classify(state, unit_runs(self.context.tracker, self.context.experiment_id, unit.key), self.forced(unit))
         return state
 
     def resolve_static(self) -> None:
@@ -124,16 +125,11 @@ class Engine:
         client = self.context.tracker.client
         keys = {u.key for u in self.units if u.key} if keep else set()
         names = {u.name for u in self.units if u.key is None} if keep else set()
-        runs = client.search_runs([self.context.experiment_id],
-                                  f"tags.spec = '{self.context.spec.name}' and attributes.status = 'RUNNING'")
-        closed = 0
-        for run in runs:
-            if lease_alive(run) or run.data.tags.get(KEY_TAG) in keys or run.data.tags.get(UNIT_TAG) in names:
-                continue
-            if run.data.tags.get(UNIT_TAG) or run.data.tags.get("stage") == "workflow":
-                client.set_terminated(run.info.run_id, "KILLED")
-                closed += 1
-        return closed
+        runs = find_runs(client, self.context.experiment_id, {"spec": self.context.spec.name}, "RUNNING")
+        return kill_runs(client, [
+            run for run in runs
+            if not (lease_alive(run) or run.data.tags.get(KEY_TAG) in keys or run.data.tags.get(UNIT_TAG) in names)
+            and (run.data.tags.get(UNIT_TAG) or run.data.tags.get("stage") == "workflow")])
 
     # --- running ---------------------------------------------------------------------------------
     def acquire(self, unit: Unit) -> Job | None:
@@ -144,7 +140,7 @@ class Engine:
         while state.state == "held":  # another live driver runs it: wait for its end or its lease to lapse
             if self._stop.wait(WAIT_POLL_S):
                 return None
-            classify(state, find_runs(tracker, context.experiment_id, unit.key), self.forced(unit))
+            classify(state, unit_runs(tracker, context.experiment_id, unit.key), self.forced(unit))
         if state.state == "cached":
             return None
         if not unit.cacheable:  # rebuilt every time, kept on the workflow run
@@ -331,10 +327,8 @@ class Engine:
             try:
                 self.context.tracker.finish(run_id, "KILLED")
                 # A sweep's trials are child runs written by their trial processes, which end with this driver.
-                for child in client.search_runs([self.context.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
-                                                "and attributes.status = 'RUNNING'"):
-                    client.set_tag(child.info.run_id, "end", "killed")
-                    self.context.tracker.finish(child.info.run_id, "KILLED")
+                kill_runs(client, find_runs(client, self.context.experiment_id, {"mlflow.parentRunId": run_id},
+                                            "RUNNING"))
             except Exception:
                 pass
             if name != "workflow":

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.engine.units import Unit
+from pipeline.tracking.queries import find_runs
 from pipeline.tracking.tags import KEY_TAG, LEASE_EXPIRES_TAG, LEASE_OWNER_TAG
 
 LEASE_S = 30.0  # a lease not renewed for this long belongs to a dead driver
@@ -55,9 +56,9 @@ def lease_alive(run, now: float | None = None) -> bool:
     return float(expires) > (now or time.time())
 
 
-def find_runs(tracker, experiment_id: str, key: str) -> list:
-    return tracker.client.search_runs([experiment_id], f"tags.{KEY_TAG} = '{key}'",
-                                      order_by=["attributes.start_time DESC"], max_results=50)
+def unit_runs(tracker, experiment_id: str, key: str) -> list:
+    """The runs of a unit's key, newest first."""
+    return find_runs(tracker.client, experiment_id, {KEY_TAG: key}, max_results=50)
 
 
 def classify(state: UnitState, runs: list, forced: bool) -> None:

@@ -17,7 +17,6 @@ host is gone) belongs to a dead driver and is taken over: the unit resumes from 
 (`ray_train_name`) inside that run."""
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from typing import Any
@@ -29,7 +28,7 @@ from pipeline.engine import registry
 from pipeline.engine.context import RunContext
 from pipeline.engine.resources import check_fits
 from pipeline.engine.scheduler import Engine
-from pipeline.engine.signals import Interrupted
+from pipeline.engine.signals import interrupt_line, raising_interrupted
 from pipeline.spec.schema import Spec
 
 
@@ -104,30 +103,18 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
                           + (f"; {closed} run(s) of a dead driver marked killed" if closed else ""))
     beat = threading.Thread(target=engine.heartbeat, daemon=True)
     beat.start()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum, frame):
-        raise Interrupted(signum)
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
     status = "FAILED"
     try:
-        with WorkflowDisplay(context.console) as display, patient_writes():  # an interrupt's writes: fast
+        with raising_interrupted(), WorkflowDisplay(context.console) as display, \
+                patient_writes():  # an interrupt's writes fail fast
             context.display = display
             engine.execute(total)
         status = "FAILED" if context.failures else "FINISHED"
     except KeyboardInterrupt as exc:
         status = "KILLED"
-        names = engine.interrupted()
-        what = f"unit(s) {', '.join(names)}" if names else "the workflow"
-        how = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        context.console.print(f"[bold red]interrupted ({signal.Signals(how).name}):[/] stopped {what}; their runs are "
-                              f"marked KILLED and their checkpoints kept. Run the same command again to resume.")
+        context.console.print(interrupt_line(exc, engine.interrupted()))
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         engine._stop.set()
         context.display = None
         summary = {"units": len(engine.units), "units_reused": len(engine.reused),

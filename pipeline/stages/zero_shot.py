@@ -12,6 +12,7 @@ from pipeline.engine.context import Job, RunContext
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
+from pipeline.tracking.queries import find_runs
 
 PRETRAIN_STAGE = "clip_pretrain"  # the stage whose model it evaluates by default
 
@@ -21,10 +22,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 def latest_pretrain_run(tracker, experiment_id: str, experiment: str) -> str:
     """The run id of the experiment's latest finished clip_pretrain run that saved its model."""
-    runs = tracker.client.search_runs(
-        [experiment_id], f"tags.stage = '{PRETRAIN_STAGE}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=20)
-    for run in runs:
+    for run in find_runs(tracker.client, experiment_id, {"stage": PRETRAIN_STAGE}, "FINISHED", max_results=20):
         if any(a.path == "model/model.pt" for a in tracker.client.list_artifacts(run.info.run_id, "model")):
             return run.info.run_id
     raise PipelineError(f"experiment '{experiment}' has no finished {PRETRAIN_STAGE} run with a saved model: "
@@ -61,7 +59,7 @@ def load_model(context: RunContext, run_id: str | None, folder: str):
 
 def finished_zero_shot(run, context: RunContext) -> dict[str, Any]:
     output = {"run_id": run.info.run_id, "zero_shot": {"run_id": run.info.run_id, "metrics": dict(run.data.metrics)}}
-    probes = context.tracker.client.search_runs([context.experiment_id], f"tags.probe_of = '{run.info.run_id}'")
+    probes = find_runs(context.tracker.client, context.experiment_id, {"probe_of": run.info.run_id})
     if probes:
         output["linear_probe"] = {"run_id": probes[0].info.run_id, "metrics": dict(probes[0].data.metrics)}
     return output

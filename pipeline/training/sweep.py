@@ -22,6 +22,7 @@ from ray import tune
 
 from pipeline.spec.sections import ResourcesConfig, TrainConfig
 from pipeline.spec.sweep import SweepConfig
+from pipeline.tracking.queries import find_runs, kill_runs
 
 TRIAL_KEY = "trial_key"
 SWEEP_KEY = "sweep_key"
@@ -103,18 +104,12 @@ def tune_config(sweep: SweepConfig, epochs: int, seed: int) -> tune.TuneConfig:
                            max_concurrent_trials=sweep.max_concurrent_trials if sweep.search == "optuna" else None)
 
 
-def find_run(client, experiment_id: str, tag: str, value: str, stage: str):
-    runs = client.search_runs([experiment_id], f"tags.{tag} = '{value}' and tags.stage = '{stage}'",
-                              max_results=2, order_by=["attributes.start_time ASC"])
-    return runs[0] if runs else None
-
-
 def trial_run(tracker, setup: TrialSetup, trial_id: str, sampled: dict[str, Any], train: dict[str, Any]) -> str:
     """The trial's MLflow run: created on its first start, reused when a restored sweep runs it again."""
     key = f"{setup.sweep_key}/{trial_id}"
-    if (run := find_run(tracker.client, setup.experiment_id, TRIAL_KEY, key, "trial")) is not None:
-        tracker.client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id
+    if runs := find_runs(tracker.client, setup.experiment_id, {TRIAL_KEY: key, "stage": "trial"}, oldest_first=True):
+        tracker.client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
     return tracker.start_run(
         setup.experiment_id, f"{setup.tags['model']}-{trial_id}", parent_id=setup.sweep_run_id,
         params={"train": train, "sampled": sampled, "resources": setup.resources.model_dump()},
@@ -175,9 +170,11 @@ class TrialEnds(tune.Callback):
         from pipeline.tracking.store import Tracker
 
         tracker = Tracker(self.tracking_uri)
-        run = find_run(tracker.client, self.experiment_id, TRIAL_KEY, f"{self.sweep_key}/{trial.trial_id}", "trial")
-        if run is None:  # the trial failed before it created its run
+        runs = find_runs(tracker.client, self.experiment_id,
+                         {TRIAL_KEY: f"{self.sweep_key}/{trial.trial_id}", "stage": "trial"}, oldest_first=True)
+        if not runs:  # the trial failed before it created its run
             return
+        run = runs[0]
         tracker.client.set_tag(run.info.run_id, "end", end)
         if error:
             tracker.client.set_tag(run.info.run_id, "error", error)
@@ -192,12 +189,7 @@ class TrialEnds(tune.Callback):
 def mark_orphans_killed(client, experiment_id: str, sweep_key: str) -> int:
     """Trial runs still RUNNING after the sweep belong to no live trial (a driver killed before Tune
     saved them): mark them KILLED."""
-    runs = client.search_runs([experiment_id], f"tags.{SWEEP_KEY} = '{sweep_key}' and tags.stage = 'trial' "
-                                               "and attributes.status = 'RUNNING'")
-    for run in runs:
-        client.set_tag(run.info.run_id, "end", "killed")
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(runs)
+    return kill_runs(client, find_runs(client, experiment_id, {SWEEP_KEY: sweep_key, "stage": "trial"}, "RUNNING"))
 
 
 def run_sweep(sweep: SweepConfig, setup: TrialSetup, storage: str, verbose: bool = False) -> SweepOutcome:
