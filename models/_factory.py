@@ -1,4 +1,5 @@
-"""Parameter count and multiply-accumulates of a model, counted the same way for every architecture."""
+"""The model factory beside the zoo: a zoo or timm model built for a data set, and its parameters and
+multiply-accumulates, counted the same way for every architecture."""
 from __future__ import annotations
 
 import torch

@@ -39,7 +39,7 @@ class Case:
     moment: str  # when, as a condition on what MLflow shows (or a test-only hook inside the product)
     signal: str | None = None  # sent to the driver, or to its whole process group with group=True
     group: bool = False
-    hook: str | None = None  # $PIPELINE_TEST_FAULT for the hook in pipeline/training/relay.py
+    hook: str | None = None  # $PIPELINE_TEST_FAULT for the hook in pipeline/tracking/writer.py
     exit_codes: tuple[int, ...] = ()
     stages: tuple[str, ...] = ("train",)  # the spec's stages the fault's moment lies in
     outcome: dict = field(default_factory=dict)

@@ -96,7 +96,7 @@ def run_modes_benchmark(console: Console, size: int, epochs: int, folder: str):
     from pipeline.engine import workflow
     from pipeline.engine.cluster import init_ray
     from pipeline.spec.loading import parse_spec
-    from pipeline.training.relay import STARTUP_PARTS
+    from pipeline.tracking.writer import STARTUP_PARTS
 
     quiet = Console(file=io.StringIO())
     modes = {"one at a time, 2 workers each": _workflow_spec("bench-sequential", folder, WORKFLOW_MODELS, 2, 1,

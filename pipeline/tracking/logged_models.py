@@ -1,15 +1,11 @@
-"""Each result as an MLflow LoggedModel of its run, and the data sets a run read as its inputs.
+"""Each result as an MLflow LoggedModel of its run: weights, model.json and the pyfunc that serves it.
 
 A LoggedModel (MLflow 3's model-centric record, listed in the experiment's Models tab) holds the weights as
 a state dict that loads with `weights_only=True`, `model.json` (what rebuilds and preprocesses the network),
 and a pyfunc whose code is the project's own (`pipeline/results/serving.py`, "models from code": nothing pickled).
 Its params and tags say what it is; its test metrics are logged linked to the model and to the test set
 (`model_id`, `dataset_name`, `dataset_digest`), so the Models tab can sort every model by `top1_err`.
-
-Data sets are recorded with `MlflowClient.log_inputs`: one per split (train, validation, test), each with
-the digest of `pipeline.data.fingerprint` (the checksums the loader verifies and the split's
-definition: seed, validation fraction, limits), its source and its shape; the runs table's Dataset column
-shows them."""
+The data sets a run read are its inputs: `pipeline.tracking.datasets`."""
 from __future__ import annotations
 
 import json

@@ -6,8 +6,6 @@ hands them on. The workers then need no tracking credentials, and nothing secret
 environment or Ray's logs."""
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from queue import Empty
 from typing import Callable
@@ -62,28 +60,3 @@ class Relay:
 
             logging.getLogger(__name__).warning("progress event not handled: %s", exc)
 
-
-FAULT_ENV = "PIPELINE_TEST_FAULT"
-
-
-def test_fault(point: str, unit: str | None, epoch: float) -> None:
-    """Test-only hook of the fault-injection suite (tests/test_faults.py), inert unless $PIPELINE_TEST_FAULT is
-    `<point>:<unit>:<epoch>:<SIGNAL>`: at that point this process sends itself the signal, to hit moments no
-    outside observer can time (between an epoch's report and its MLflow write; the final evaluation)."""
-    wanted = os.environ.get(FAULT_ENV)
-    if wanted and wanted.rpartition(":")[0] == f"{point}:{unit}:{int(epoch)}":
-        os.kill(os.getpid(), signal.Signals[wanted.rpartition(":")[2]])
-
-
-# The parts of a Train run's start-up, from `fit` to its first step, as rank 0 marked them.
-STARTUP_PARTS = (("startup_workers_s", None, "loop"),  # placement group, worker processes, torch, process group
-                 ("startup_imports_s", "loop", "imports"), ("startup_data_s", "imports", "data"),
-                 ("startup_model_s", "data", "model"), ("startup_first_step_s", "model", None))
-
-
-def startup_parts(started_at: float, first_step: float, marks: dict[str, float] | None) -> dict[str, float]:
-    parts = {"startup_s": first_step - started_at}
-    if marks:
-        for key, begin, end in STARTUP_PARTS:
-            parts[key] = (marks[end] if end else first_step) - (marks[begin] if begin else started_at)
-    return parts
