@@ -5,9 +5,8 @@ import pytest
 from conftest import run_cli
 
 from pipeline.data.fingerprint import data_fingerprint
-from pipeline.engine import registry
+from pipeline.engine import keys, registry
 from pipeline.engine.context import RunContext
-from pipeline.engine import keys
 from pipeline.spec.loading import parse_spec
 
 

@@ -3,6 +3,9 @@ messages that lose nothing; a unit waiting for CPUs another job holds says so. U
 on both nodes, a finished spec run again training nothing, a changed recipe retraining only its unit,
 interrupts, kills and resume: tests/test_faults.py."""
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ from conftest import run_cli
 from mlflow import MlflowClient
 from rich.console import Console
 
-from pipeline.engine import workflow
+from pipeline.engine import scheduler, workflow
 from pipeline.spec.loading import parse_spec
 
 
@@ -90,7 +93,7 @@ def test_a_unit_whose_workers_wait_for_cpus_held_outside_the_workflow_says_so(ra
     says what they wait for (it was a silent wait); once the other job ends, the unit trains."""
     from ray.util import placement_group, placement_group_table, remove_placement_group
 
-    monkeypatch.setattr(workflow, "STARVED_S", 3.0)
+    monkeypatch.setattr(scheduler, "STARVED_S", 3.0)
     spec = yaml.safe_load(write_spec(workdir, "wf-starved", ["lenet5"], epochs=1, size=200).read_text())
     spec["resources"]["num_workers"] = 2
     spec["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}
@@ -114,3 +117,34 @@ def test_a_unit_whose_workers_wait_for_cpus_held_outside_the_workflow_says_so(ra
     assert named == ["train/lenet5: its workers still wait for 2 CPU after 3 s; the cluster has 1 CPU free, the "
                      "rest held outside this workflow (`ray status` shows by what)"]
     assert context.failures == [] and "test: top-1" in out.getvalue()
+
+
+def test_two_drivers_on_one_spec_train_each_unit_once_and_reuse_each_others_results(cluster, workdir):
+    """A second terminal starts the same spec a few seconds after the first: each unit is claimed by one
+    driver at the moment it starts, trained once, and the other driver reuses the result."""
+    client = MlflowClient(cluster["tracking"])
+    models = [{"name": "lenet5", "train": {"lr": lr}} for lr in (0.001, 0.002, 0.003, 0.004)]
+    spec = write_spec(workdir, "wf-two-drivers", models, epochs=1, size=200)
+    env = {**os.environ, **cli_env(cluster)}
+    drivers = []
+    for _ in range(2):
+        drivers.append(subprocess.Popen([sys.executable, "-m", "pipeline", "run", spec.name], cwd=workdir, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(4)
+    outputs = [driver.communicate(timeout=900)[0] for driver in drivers]
+    for driver, output in zip(drivers, outputs):
+        assert driver.returncode == 0, output[-4000:]
+
+    units = unit_runs(client, "wf-two-drivers")
+    assert sorted(units) == ["train/lenet5", "train/lenet5#1", "train/lenet5#2", "train/lenet5#3"]
+    assert all(len(runs) == 1 and runs[0].info.status == "FINISHED" for runs in units.values()), \
+        {name: [r.info.status for r in runs] for name, runs in units.items()}
+    workflows = {run.info.run_id: run for run in runs_of(client, "wf-two-drivers", "tags.stage = 'workflow'")}
+    assert len(workflows) == 2
+    trained_by = {run_id: {name for name, runs in units.items() if runs[0].data.tags["mlflow.parentRunId"] == run_id}
+                  for run_id in workflows}
+    reused_by = {run_id: set(filter(None, run.data.tags.get("reused_units", "").split(",")))
+                 for run_id, run in workflows.items()}
+    first, second = workflows
+    assert trained_by[first] | trained_by[second] == set(units)  # every unit trained, by one driver
+    assert reused_by[first] == trained_by[second] and reused_by[second] == trained_by[first]

@@ -29,7 +29,8 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
                                              "description in the MLflow UI."),
                 tracking_uri: Optional[str] = TrackingOption) -> None:
     """The best run per model, ranked by test top-1 error (nothing is selected on it)."""
-    from pipeline.results import formats, leaderboard, publish
+    from pipeline.results import formats, leaderboard
+    from pipeline.results.publish import models_url, publish_leaderboard
 
     if fmt not in leaderboard.FORMATS:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(leaderboard.FORMATS)}")
@@ -41,9 +42,9 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
     else:
         formats.show(built, fmt, console)
     if publish:
-        publish.publish(uri, experiment)
+        publish_leaderboard(uri, experiment)
         console.print(f"published to the description of experiment '{experiment}': "
-                      f"{publish.models_url(built)}", highlight=False)
+                      f"{models_url(built)}", highlight=False)
 
 
 @app.command()
@@ -52,7 +53,8 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
        tracking_uri: Optional[str] = TrackingOption) -> None:
     """Serve the MLflow UI for the same tracking store; print where each experiment's models and latest
     workflow run are."""
-    from pipeline.results.publish import ui_links, ui_url
+    from pipeline.results.leaderboard import ui_url
+    from pipeline.results.publish import ui_links
     from pipeline.tracking.store import redact, resolve_uri, sqlite_path
 
     uri = resolve_uri(tracking_uri)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 import traceback
@@ -17,11 +18,13 @@ from pipeline.engine.resources import (
     misfit,
 )
 from pipeline.engine.states import (
+    CLAIM_PREFIX,
     HEARTBEAT_S,
     LEASE_S,
     STARVED_S,
     WAIT_POLL_S,
     UnitState,
+    claim_alive,
     classify,
     lease_alive,
     matches,
@@ -74,9 +77,8 @@ class Engine:
 
     # --- leases ----------------------------------------------------------------------------------
     def hold(self, run_id: str, name: str) -> None:
-        client = self.context.tracker.client
-        client.set_tag(run_id, LEASE_OWNER_TAG, self.owner)
-        client.set_tag(run_id, LEASE_EXPIRES_TAG, f"{time.time() + LEASE_S:.0f}")
+        for key, value in self.lease_tags().items():
+            self.context.tracker.client.set_tag(run_id, key, value)
         with self._lock:
             self.held[run_id] = name
 
@@ -133,37 +135,74 @@ class Engine:
 
     # --- running ---------------------------------------------------------------------------------
     def acquire(self, unit: Unit) -> Job | None:
-        """The unit's run: a new one, or the one of a dead driver taken over; None when it is cached
-        (also when another live driver finished it meanwhile)."""
+        """The unit's run, claimed for this driver: a new one, or the one of a dead driver taken over; None
+        when it is cached (also when another driver finished it meanwhile). Its key's runs are read again
+        here, at claim time, not only when the workflow started (see `claim_new`)."""
         tracker, context = self.context.tracker, self.context
         state = self.states[unit.name]
-        while state.state == "held":  # another live driver runs it: wait for its end or its lease to lapse
-            if self._stop.wait(WAIT_POLL_S):
-                return None
-            classify(state, unit_runs(tracker, context.experiment_id, unit.key), self.forced(unit))
-        if state.state == "cached":
-            return None
         if not unit.cacheable:  # rebuilt every time, kept on the workflow run
             return Job(context, unit, context.parent_run_id, "", self.inputs(unit))
-        title = unit.title or unit.model or unit.name
-        if state.state == "resumable":
-            run = state.run
-            run_id = run.info.run_id
-            tracker.client.update_run(run_id, status="RUNNING")
-            tracker.client.set_tag(run_id, "mlflow.parentRunId", context.parent_run_id)
-            self.hold(run_id, unit.name)
-            train_name = run.data.tags.get(TRAIN_NAME_TAG) or f"{unit.slug}-{unit.key[:10]}-{run_id[:8]}"
-            context.print(f"[yellow]{unit.name}[/] resumed in run {run_id} ({state.detail})")
-            return Job(context, unit, run_id, train_name, self.inputs(unit), resumed=True)
+        while not self._stop.is_set():
+            classify(state, unit_runs(tracker, context.experiment_id, unit.key), self.forced(unit))
+            if state.state == "held":  # another live driver runs it: wait for its end or its lease to lapse
+                self._stop.wait(WAIT_POLL_S)
+                continue
+            if state.state == "cached":
+                return None
+            job = self.claim_resumable(unit, state) if state.state == "resumable" else self.claim_new(unit)
+            if job is not None:
+                return job
+            self._stop.wait(random.uniform(0.5, 2.0))  # another driver claimed it at the same moment: look again
+        return None
+
+    def lease_tags(self) -> dict[str, str]:
+        return {LEASE_OWNER_TAG: self.owner, LEASE_EXPIRES_TAG: f"{time.time() + LEASE_S:.0f}"}
+
+    def claim_new(self, unit: Unit) -> Job | None:
+        """Start the unit's run, leased to this driver, then read its key's runs: if another live driver's
+        run (or a finished one) is there too, this claim is withdrawn (the run deleted) and None returned.
+
+        MLflow has no transactions, so the claim is write-then-read: a driver proceeds only if, after its
+        own write, it sees no rival. Two drivers cannot both proceed: each would have read before the other
+        wrote, and each writes before it reads. This holds on any store whose writes are visible to every
+        later search once acknowledged (SQLite, a tracking server on one database). Both may withdraw at
+        once; they look again after a random pause."""
+        tracker, context = self.context.tracker, self.context
         run_id = tracker.start_run(
-            context.experiment_id, title, parent_id=context.parent_run_id,
+            context.experiment_id, unit.title or unit.model or unit.name, parent_id=context.parent_run_id,
             tags={UNIT_TAG: unit.name, KEY_TAG: unit.key, CODE_TAG: unit.code_version, "stage": unit.stage,
-                  "spec": context.spec.name, **({"model": unit.model} if unit.model else {})})
+                  "spec": context.spec.name, **({"model": unit.model} if unit.model else {}), **self.lease_tags()})
+        rivals = [r for r in unit_runs(tracker, context.experiment_id, unit.key) if r.info.run_id != run_id and (
+            (r.info.status == "RUNNING" and lease_alive(r)) or (r.info.status == "FINISHED" and not self.forced(unit)))]
+        if rivals:
+            tracker.client.delete_run(run_id)
+            return None
         self.hold(run_id, unit.name)
         train_name = f"{unit.slug}-{unit.key[:10]}-{run_id[:8]}"
         tracker.client.set_tag(run_id, TRAIN_NAME_TAG, train_name)
         tracker.log_text(run_id, context.spec_yaml, "spec.yaml")
         return Job(context, unit, run_id, train_name, self.inputs(unit))
+
+    def claim_resumable(self, unit: Unit, state: UnitState) -> Job | None:
+        """Take over the run of a dead driver, by the same write-then-read rule: a claim tag of this driver
+        on the run, then the run read again; another live claim there withdraws this one."""
+        tracker, context = self.context.tracker, self.context
+        run_id = state.run.info.run_id
+        mine = f"{CLAIM_PREFIX}{self.owner.rpartition(':')[2]}"
+        tracker.client.set_tag(run_id, mine, f"{self.owner}|{time.time() + LEASE_S:.0f}")
+        tags = tracker.client.get_run(run_id).data.tags
+        rivals = [key for key, value in tags.items() if key.startswith(CLAIM_PREFIX) and key != mine
+                  and claim_alive(value)]
+        if rivals or (tags.get(LEASE_OWNER_TAG) != state.run.data.tags.get(LEASE_OWNER_TAG)):
+            tracker.client.delete_tag(run_id, mine)  # withdrawn; or another driver already took the run over
+            return None
+        tracker.client.update_run(run_id, status="RUNNING")
+        tracker.client.set_tag(run_id, "mlflow.parentRunId", context.parent_run_id)
+        self.hold(run_id, unit.name)
+        tracker.client.delete_tag(run_id, mine)  # the lease now says who holds it
+        train_name = state.run.data.tags.get(TRAIN_NAME_TAG) or f"{unit.slug}-{unit.key[:10]}-{run_id[:8]}"
+        context.print(f"[yellow]{unit.name}[/] resumed in run {run_id} ({state.detail})")
+        return Job(context, unit, run_id, train_name, self.inputs(unit), resumed=True)
 
     def inputs(self, unit: Unit) -> dict[str, dict]:
         return {name: self.states[name].output for name in unit.needs}
@@ -309,7 +348,7 @@ class Engine:
         if context.parent_run_id is None:
             return
         try:
-            self.board = publish.publish(context.tracker.uri, context.spec.experiment_name,
+            self.board = publish.publish_leaderboard(context.tracker.uri, context.spec.experiment_name,
                                              context.parent_run_id, context.tracker.client)
         except PipelineError:
             pass  # no result on the leaderboard yet

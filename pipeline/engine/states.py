@@ -22,6 +22,7 @@ HEARTBEAT_S = 5.0
 WAIT_POLL_S = 3.0
 
 
+CLAIM_PREFIX = "claim."  # a driver's claim on a dead driver's run, while it takes it over
 STARVED_S = 60.0  # a unit's workers not started after this long, for want of resources, are named
 
 
@@ -41,7 +42,18 @@ def this_owner() -> str:
 def lease_alive(run, now: float | None = None) -> bool:
     """Whether a RUNNING run is still held by a live driver."""
     tags = run.data.tags
-    owner, expires = tags.get(LEASE_OWNER_TAG), tags.get(LEASE_EXPIRES_TAG)
+    return owner_alive(tags.get(LEASE_OWNER_TAG), tags.get(LEASE_EXPIRES_TAG), now)
+
+
+def claim_alive(value: str) -> bool:
+    """Whether a claim tag (`owner|expires`) is a live driver's."""
+    owner, _, expires = value.partition("|")
+    return owner_alive(owner, expires)
+
+
+def owner_alive(owner: str | None, expires: str | None, now: float | None = None) -> bool:
+    """Whether a lease of `owner` (host:pid:id) until `expires` (unix seconds) still holds: not expired, and
+    on this host its process still runs."""
     if not owner or not expires:
         return False
     host, _, rest = owner.partition(":")

@@ -62,7 +62,7 @@ def description(board: Leaderboard, model_ids: dict[str, str] | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
-def publish(tracking_uri: str, experiment: str, run_id: str | None = None, client=None) -> Leaderboard:
+def publish_leaderboard(tracking_uri: str, experiment: str, run_id: str | None = None, client=None) -> Leaderboard:
     """Write the leaderboard into the experiment's description (and the run's, given one), and mark the
     experiment as model training for the UI. Callers serialize: one writer at a time."""
     from mlflow import MlflowClient
