@@ -52,13 +52,13 @@ def bounded_shutdown(ray, timeout: float = 60) -> None:
 
 @pytest.fixture(autouse=True)
 def ray_cluster_idle(request):
-    """Each test finds the shared local cluster's CPUs free: what an earlier test's runs held is released
-    within seconds (Ray Train's placement groups, Ray Data's tasks); if not, the cluster is started afresh,
-    with a line saying so, rather than the test waiting forever for CPUs."""
+    """A test that trains on the shared local cluster leaves its CPUs free: what its runs held (Ray Train's
+    placement groups, Ray Data's tasks) is released within seconds of its end. If not, the test fails, naming
+    what holds them, and the cluster is started afresh so that the next tests do not wait for CPUs forever."""
     import ray
 
+    yield
     if "ray_cluster" not in request.fixturenames or not ray.is_initialized():
-        yield
         return
     from pipeline.engine.cluster import init_ray
 
@@ -69,11 +69,10 @@ def ray_cluster_idle(request):
     while time.time() < deadline and free_cpus() < total:
         time.sleep(1)
     if free_cpus() < total:
-        say(request.config, f"{request.node.nodeid}: the local Ray cluster's CPUs were still held after 60 s "
-                            f"({free_cpus():g} of {total:g} free; {holders_of_cpus()}); starting it afresh")
+        held = f"{free_cpus():g} of {total:g} CPUs free 60 s after the test; {holders_of_cpus()}"
         bounded_shutdown(ray)
         init_ray(num_cpus=2)
-    yield
+        pytest.fail(f"the test left the local Ray cluster's CPUs held: {held}")
 
 
 def say(config, line: str) -> None:

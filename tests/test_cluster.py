@@ -49,3 +49,17 @@ def test_failing_job_and_unreachable_cluster_are_one_line_errors(cluster, workdi
     unreachable = run_cli("run", "spec.yaml", "--address", f"http://127.0.0.1:{free_port()}", cwd=workdir, env=env)
     assert unreachable.returncode == 2 and "is unreachable" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_a_job_without_a_tracking_store_is_refused_before_it_is_submitted(cluster, workdir):
+    """Without a tracking URI a job would write its results into a SQLite file in its working folder on the
+    head node, which Ray deletes: refused in one line naming the variable, and no job is submitted."""
+    spec = {"name": "untracked", "data": {"name": "synthetic", "synthetic_size": 100}, "models": ["lenet5"],
+            "train": {"epochs": 1}, "stages": ["train"]}
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = {**cluster["env"], "MLFLOW_TRACKING_URI": ""}
+    before = run_cli("jobs", "--address", cluster["address"], cwd=workdir, env=env).stdout.count("pipeline-")
+    refused = run_cli("run", "spec.yaml", "--address", cluster["address"], cwd=workdir, env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "set MLFLOW_TRACKING_URI" in refused.stderr
+    assert run_cli("jobs", "--address", cluster["address"], cwd=workdir, env=env).stdout.count("pipeline-") == before

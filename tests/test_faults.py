@@ -315,3 +315,16 @@ def test_the_uninterrupted_run_trained_its_units_at_once_on_both_nodes_and_a_rer
     assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
     after = state(client, "faults-reference")["units"]
     assert len(after["train/resnet20"]) == 2 and len(after["train/lenet5"]) == len(after["sweep/lenet5"]) == 1
+
+    # The same unit trained again from what its run recorded (`pipeline rerun`): with the same seed, the same
+    # metrics, epoch by epoch; what makes a change of the code checkable against an earlier run.
+    original = units["train/lenet5"][0]
+    rerun = run_cli("rerun", original.info.run_id, cwd=folder, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "(difference +0.00 points)" in rerun.stdout, rerun.stdout[-2000:]
+    [again_run] = [r for r in state(client, "faults-reference")["units"]["train/lenet5"]
+                   if r.info.run_id != original.info.run_id]
+    for key in ("top1", "top5", "test_loss", "val_top1_err", "train_loss"):
+        assert again_run.data.metrics[key] == original.data.metrics[key], key
+    assert [m.value for m in client.get_metric_history(again_run.info.run_id, "val_loss")] == \
+        [m.value for m in client.get_metric_history(original.info.run_id, "val_loss")]

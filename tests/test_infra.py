@@ -190,6 +190,45 @@ def test_rayjob_runs_the_pipeline_cli():
         assert resources.num_workers <= sum(g["maxReplicas"] for g in groups), entry.name
 
 
+def test_the_image_holds_the_data_the_rayjob_trains_on_and_its_entrypoint_runs_on_that_layout(tmp_path):
+    """The RayJob's spec reads Fashion-MNIST: the image recipe copies it to the folder its $FASHION_MNIST_DIR
+    names, no manifest points elsewhere, and the entrypoint command trains on that layout (here, one small
+    model on CPU: the same command with the cluster's GPU requests overridden)."""
+    ins = dockerfile_instructions(DOCKERFILE)
+    env = dict(a.split("=", 1) for op, a in ins if op == "ENV" and "=" in a and " " not in a)
+    copied = [a.split()[-2:] for op, a in ins if op == "COPY" and "fashion-mnist" in a]
+    assert copied and copied[0][1].rstrip("/") == env["FASHION_MNIST_DIR"]
+    source = copied[0][0].rstrip("/")
+    fetch = INFRA / "docker" / "fetch-fashion-mnist.sh"
+    assert fetch.read_text().count(Path(source).name) >= 1
+    for obj in (one(k8s_objects(KUBERAY), "RayJob")["spec"]["rayClusterSpec"], one(k8s_objects(KUBERAY), "RayCluster")["spec"]):
+        for container in ray_containers(obj):
+            paths = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert paths.get("FASHION_MNIST_DIR", env["FASHION_MNIST_DIR"]) == env["FASHION_MNIST_DIR"]
+
+    image_root = tmp_path / "image"
+    layout = image_root / env["FASHION_MNIST_DIR"].lstrip("/")
+    filled = subprocess.run([str(fetch), str(layout)], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "FASHION_MNIST_DIR"})
+    assert filled.returncode == 0, filled.stderr
+    assert sorted(p.name for p in layout.iterdir()) == sorted(
+        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"])
+    words = shlex.split(one(k8s_objects(KUBERAY), "RayJob")["spec"]["entrypoint"])
+    assert words[:2] == ["pipeline", "run"]
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "experiments", work / "experiments")
+    local = ["--model", "lenet5", "--set", "resources.gpus_per_worker=0", "--set", "resources.num_workers=1",
+             "--set", "resources.cpus_per_worker=1", "--set", "models.lenet5.train.epochs=1",
+             "--set", "data.limit_train=600", "--set", "data.limit_test=200",
+             "--set", f"storage_path={tmp_path / 'checkpoints'}", "--set", "tracking.uri=sqlite:///mlflow.db"]
+    result = subprocess.run([sys.executable, "-m", "pipeline", *words[1:], *local], cwd=work, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "FASHION_MNIST_DIR": str(layout),
+                                                         "RAY_ADDRESS": "", "PIPELINE_STORAGE_PATH": ""})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train/lenet5 test: top-1" in result.stdout
+
+
 # --- Ray cluster launcher ---------------------------------------------------------------------
 
 

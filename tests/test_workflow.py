@@ -148,3 +148,18 @@ def test_two_drivers_on_one_spec_train_each_unit_once_and_reuse_each_others_resu
     first, second = workflows
     assert trained_by[first] | trained_by[second] == set(units)  # every unit trained, by one driver
     assert reused_by[first] == trained_by[second] and reused_by[second] == trained_by[first]
+
+
+def test_max_concurrent_units_bounds_how_many_units_train_at_once(ray_cluster, workdir):
+    """Three one-worker units on a two-CPU cluster: with max_concurrent_units 1 they train one after another
+    (without the bound two would run together, as the fault suite's reference run shows)."""
+    spec = yaml.safe_load(write_spec(workdir, "wf-bound", [{"name": "lenet5", "train": {"lr": lr}}
+                                                           for lr in (0.001, 0.002, 0.003)], epochs=1, size=200,
+                                     max_concurrent_units=1).read_text())
+    spec["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "wf-bound"}
+    context = workflow.run(parse_spec(spec), Console(file=io.StringIO(), width=200))
+    assert context.failures == []
+    units = unit_runs(MlflowClient(spec["tracking"]["uri"]), "wf-bound")
+    spans = sorted((runs[0].info.start_time, runs[0].info.end_time) for runs in units.values())
+    assert len(spans) == 3
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -87,6 +87,11 @@ def submit(spec_path: str, overrides: list[str], address: str, working_dir: str 
     from pipeline.tracking.store import redact
 
     uri = spec.tracking.uri or env.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise PipelineError("a job submitted with --address needs a tracking store the cluster can reach: set "
+                            "MLFLOW_TRACKING_URI (or tracking.uri in the spec) to your MLflow server; without one "
+                            "its results would go to a SQLite file in the job's working folder on the head node, "
+                            "which Ray deletes")
     if redact(uri) != uri:
         raise PipelineError(f"the tracking URI {redact(uri)} holds a password, which a job would show to every "
                             "Ray Jobs client of the cluster: give the URI without it, and the cluster its own "
