@@ -158,6 +158,26 @@ def test_inception_naive_vs_bottleneck(output):
     assert reduced[-1]["output"] == "28x28x480"  # the pooling branch's bottleneck keeps the depth from growing
 
 
+def test_the_lecture_column_stands_beside_each_stated_figure_and_marks_the_wrong_totals(output):
+    vgg = by_first(output("vgg16_memory")[-2:])["TOTAL"]
+    assert round(vgg["memory (values)"] / 1e5) == 152 and vgg["lecture says (memory)"] == "≠ 24M"
+    assert round(vgg["weights"] / 1e6) == 138 and vgg["lecture says (weights)"] == "138M"
+    rows = output("inception_modules")
+    totals = {r["module"]: r for r in rows if r["layer"] == "filter concatenation"}
+    assert round(totals["naive"]["MACs"] / 1e6) == 854 and totals["naive"]["lecture says"] == "854M"
+    assert round(totals["with dimension reduction"]["MACs"] / 1e6) == 271
+    assert totals["with dimension reduction"]["lecture says"] == "≠ 358M"
+    # every conv row the slide states agrees with ours; the pools it does not state stay empty
+    assert all(not str(r["lecture says"]).startswith("≠") for r in rows if "conv" in r["layer"])
+    assert all(r["lecture says"] in ("", None) for r in rows if "pool" in r["layer"])
+    notes = (output.dir / "inception_modules.md").read_text() + (output.dir / "vgg16_memory.md").read_text()
+    assert "the slide says 358M for with dimension reduction filter concatenation, but its own rows add up to " \
+           "271.4M" in notes
+    assert "the slide says 24M for TOTAL, but its own rows add up to 15.2M" in notes
+    alexnet = by_first(output("alexnet_layers"))
+    assert alexnet["CONV1"]["lecture says"] == "55x55x96" and alexnet["NORM1"]["lecture says"] == "≠ 27x27x96"
+
+
 def test_stacked_3x3_convolutions(output):
     rows = by_first(output("stacked_convs"))
     assert [rows[f"{n} x 3x3 conv"]["receptive field"] for n in (1, 2, 3)] == ["3x3", "5x5", "7x7"]
@@ -178,7 +198,7 @@ def test_vit_sizes(output):
 
 def test_outputs_as_markdown_files(output):
     markdown = (output.dir / "vgg16_memory.md").read_text()
-    assert markdown.startswith("### VGG-16") and "| CONV3-64 | 224x224x64 | 3,211,264 | 1,728 |" in markdown
+    assert markdown.startswith("### VGG-16") and "| CONV3-64 | 224x224x64 | 3,211,264 | 224*224*64 | 1,728 | 1,728 | 1,792 |" in markdown
     combined = (output.dir / "tables.md").read_text()
     assert all(f"### {t}" in combined for t in ("AlexNet", "Inception module", "Vision Transformer"))
 

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models._factory import count_macs, param_count
 from pipeline.errors import PipelineError
+from pipeline.results.lecture import annotate
 from pipeline.results.profiling import (
     FEATURE_LAYERS,
     POOLS,
@@ -282,8 +283,11 @@ def build_tables(only: list[str] | None = None, entries: list[tuple[str, dict]] 
     for key in only or []:
         if key not in BUILDERS:
             raise PipelineError(f"unknown table '{key}': use one of {', '.join(BUILDERS)}")
-    return [complexity(entries) if key == "complexity" else BUILDERS[key]()
-            for key in BUILDERS if not only or key in only]
+    tables = [complexity(entries) if key == "complexity" else BUILDERS[key]()
+              for key in BUILDERS if not only or key in only]
+    for table in tables:
+        annotate(table)
+    return tables
 
 
 def cell(value: Any) -> str:
