@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-from typing import Callable
 
 
 def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -35,29 +33,6 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     port = free_port()
     with environment_set({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}):
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **logs)
-
-
-def start_ray(verbose: bool = False) -> Callable[[], None]:
-    """Start `init_ray` in a thread and return a function that waits for it (raising what it raised): Ray's
-    start (processes spawned, then waited for) overlaps the driver's own set-up, loading the data set and
-    importing torch. Without a signal handler of Ray's: the workflow installs its own."""
-    outcome: dict[str, BaseException] = {}
-
-    def start():
-        try:
-            logging.getLogger("ray._private.worker").setLevel(logging.ERROR)  # "SIGTERM handler is not set"
-            init_ray(verbose)
-        except BaseException as exc:  # handed to the waiting thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=start, name="ray-start", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-    return wait
 
 
 class LocalCluster:

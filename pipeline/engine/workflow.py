@@ -75,21 +75,17 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     engine = prepare(spec, console, verbose, rerun)
     context, tracker = engine.context, engine.context.tracker
     to_run = [u for u in engine.units if engine.states[u.name].state != "cached"]
-    ray_started = None
+    if any(u.uses_data for u in to_run):
+        preflight_data(context)
+    registry.preflight(context, to_run)
+    tracker = context.tracker = Tracker(tracker.uri)
+    context.experiment_id = tracker.experiment_id(spec.experiment_name)
+    total: dict[str, float] = {}
     if any(u.resources is not None for u in to_run):
-        from pipeline.engine.cluster import start_ray
+        from pipeline.engine.cluster import init_ray
 
-        ray_started = start_ray(verbose)  # while the checks below run
-    try:
-        if any(u.uses_data for u in to_run):
-            preflight_data(context)
-        registry.preflight(context, to_run)
-        tracker = context.tracker = Tracker(tracker.uri)
-        context.experiment_id = tracker.experiment_id(spec.experiment_name)
-    finally:
-        if ray_started is not None:
-            ray_started()  # a failed check still waits for Ray's start, so that nothing is left half-started
-    total = check_fits(to_run, context.console) if ray_started is not None else {}
+        init_ray(verbose)
+        total = check_fits(to_run, context.console)
     started = time.time()
     context.parent_run_id = tracker.start_run(
         context.experiment_id, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
