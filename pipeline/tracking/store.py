@@ -37,8 +37,12 @@ def patient_writes():
 
 
 def resolve_uri(spec_uri: str | None = None) -> str:
-    """The spec's URI, else $MLFLOW_TRACKING_URI, else a SQLite file in the working folder."""
-    return spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The spec's URI, else $MLFLOW_TRACKING_URI, else a SQLite file in the working folder; a SQLite file
+    given by a relative path is the one in the working folder (its artifacts go beside it)."""
+    uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if (db := sqlite_path(uri)) is not None and not db.is_absolute():
+        return f"sqlite:///{db.resolve()}"
+    return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
