@@ -163,17 +163,17 @@ def test_sweep_stage_needs_a_sweep_section(workdir):
 
 
 def test_asha_stops_a_bad_trial_early_and_optuna_samples_the_space(ray_cluster, workdir):
-    """One trial at a time (each takes the cluster's two CPUs): a good learning rate first, then one too small
-    to learn; ASHA stops the second at its first rung. Then Optuna samples a range, each trial its own value."""
+    """One trial at a time: a good learning rate first, then one too small to learn; ASHA stops the second at
+    its first rung, epochs before its end. Then Optuna samples a range, each trial its own value."""
     tree = sweep_spec(workdir, space={"lr": {"type": "grid", "values": [0.01, 1.0e-7]}}, search="grid",
-                      scheduler="asha", grace_period=1, reduction_factor=2, metric="val_top1",
-                      resources={"num_workers": 1, "cpus_per_worker": 2, "threads_per_worker": 1, "max_failures": 0})
-    tree.update(name="asha", stages=["sweep"], train={**tree["train"], "epochs": 3, "optimizer": "adamw"})
+                      scheduler="asha", grace_period=1, reduction_factor=2, metric="val_top1", max_concurrent_trials=1)
+    tree.update(name="asha", stages=["sweep"], train={**tree["train"], "epochs": 6, "optimizer": "adamw"},
+                data={**tree["data"], "synthetic_size": 1200})
     context = workflow.run(parse_spec(tree), Console(file=open(os.devnull, "w")))
     client = MlflowClient(tree["tracking"]["uri"])
     trials = {float(t.data.params["train.lr"]): t for t in runs_by_stage(client, context.experiment_id, "trial")}
-    assert trials[0.01].data.tags["end"] == "completed" and trials[0.01].data.metrics["epochs_trained"] == 3
-    assert trials[1e-7].data.tags["end"] == "stopped_early" and trials[1e-7].data.metrics["epochs_trained"] < 3
+    assert trials[0.01].data.tags["end"] == "completed" and trials[0.01].data.metrics["epochs_trained"] == 6
+    assert trials[1e-7].data.tags["end"] == "stopped_early" and trials[1e-7].data.metrics["epochs_trained"] < 6
 
     tree = sweep_spec(workdir, space={"lr": {"type": "loguniform", "low": 0.001, "high": 0.02}}, search="optuna",
                       scheduler="none", num_samples=2, max_concurrent_trials=1)
