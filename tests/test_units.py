@@ -98,6 +98,26 @@ def test_a_unit_key_depends_on_the_code_its_result_depends_on_and_no_other(proje
         keys.CACHE_EPOCH -= 1
 
 
+def test_seeds_make_a_unit_per_model_and_seed_each_cached_on_its_own():
+    tree = spec_tree(models=["lenet5", {"name": "lenet5", "train": {"lr": 0.01}}], seeds=[0, 1, 2])
+    units = plan(tree)
+    trained = [n for n in units if n.startswith("train/")]
+    assert trained == ["train/lenet5@seed0", "train/lenet5@seed1", "train/lenet5@seed2",
+                       "train/lenet5#1@seed0", "train/lenet5#1@seed1", "train/lenet5#1@seed2"]
+    assert len({units[n].key for n in trained}) == 6  # another seed or another recipe: another unit
+    assert units["train/lenet5@seed1"].identity["train"]["seed"] == 1
+    assert {n: u.key for n, u in plan(tree).items()} == {n: u.key for n, u in units.items()}  # a re-run is cached
+    fewer = plan({**tree, "seeds": [0, 1]})  # the seeds a spec keeps keep their keys
+    assert fewer["train/lenet5@seed1"].key == units["train/lenet5@seed1"].key
+    for bad, message in (({"seeds": [1, 1]}, "repeats a seed"),
+                         ({"seeds": [0], "models": [{"name": "lenet5", "train": {"seed": 3}}]}, "both set the seed"),
+                         ({"seeds": [0], "stages": ["sweep"], "sweep": {"space": {"lr": {"type": "choice",
+                                                                                          "values": [0.1]}}}},
+                          "selects one config per model")):
+        with pytest.raises(Exception, match=message):
+            parse_spec({**tree, **bad})
+
+
 def test_two_entries_of_one_model_are_two_units_and_identical_ones_one():
     units = plan(spec_tree(models=[{"name": "lenet5", "train": {"lr": 0.003}}, {"name": "lenet5", "train": {"lr": 0.03}},
                                    {"name": "lenet5", "train": {"lr": 0.003}}]))

@@ -42,11 +42,15 @@ def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[st
                                               "Ray Jobs (http://HEAD:8265) instead of running here."),
         working_dir: str = typer.Option(".", "--working-dir", help="With --address: the folder sent to the "
                                         "cluster as the job's working directory (holds the spec)."),
-        detach: bool = typer.Option(False, "--detach", help="With --address: return after submitting.")) -> None:
+        detach: bool = typer.Option(False, "--detach", help="With --address: return after submitting."),
+        seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train each model with seeds 0..N-1 "
+                                            "(the same as --set 'seeds=[0, 1, ...]').")) -> None:
     """Run an experiment spec as a workflow: its units run concurrently, cached ones are reused, cut-off ones
     resume (here, or on a cluster with --address)."""
     from pipeline.spec.loading import load_spec
 
+    if seeds is not None:
+        set_ = [*(set_ or []), f"seeds={list(range(seeds))}"]
     if dry_run:
         return status(spec, set_, only, skip, rerun)
     if address:

@@ -40,6 +40,9 @@ class Spec(Strict):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)  # the ensemble stage
     clip: ClipConfig | None = None  # the clip_pretrain and zero_shot stages
     sweep: SweepConfig | None = None  # the sweep and retrain stages
+    # Train each model once per seed (the train stage; each its own unit, in place of train.seed): the
+    # leaderboard shows a model's mean and standard deviation over its seeds.
+    seeds: list[int] | None = Field(None, min_length=1)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -69,6 +72,19 @@ class Spec(Strict):
             if name not in names:
                 raise ValueError(f"sweep.models: '{name}' is not in models:{_did_you_mean(name, names)}; "
                                  f"models: {', '.join(names)}")
+        return self
+
+    @model_validator(mode="after")
+    def _seeds_apply(self):
+        if self.seeds is None:
+            return self
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} repeats a seed: list each once")
+        if swept := [n for n in ("sweep", "retrain") if n in self.stages]:
+            raise ValueError(f"seeds: trains each model once per seed in the train stage; stage '{swept[0]}' "
+                             "selects one config per model: run the seeds in a spec without the sweep")
+        if fixed := [entry.name for entry in self.models if "seed" in entry.train]:
+            raise ValueError(f"models[{fixed[0]}].train.seed and seeds: both set the seed: give one")
         return self
 
     def swept(self, entry: ModelEntry) -> bool:

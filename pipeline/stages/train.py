@@ -11,13 +11,18 @@ from pipeline.training.unit import finished_output, run_training
 
 @stage("train", per_model=True, preflight=check_models)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
+    """A unit per model entry, or per entry and seed (`train/resnet20@seed1`) when the spec lists seeds."""
     spec = context.spec
     units = []
     for name, entry in named_entries(spec):
-        train = spec.train_config(entry)
-        units.append(Unit(
-            name=f"train/{name}", stage="train", model=name, code=training_code(entry.name, "pipeline/stages/train.py"),
-            resources=spec.resources_for(entry), uses_data=True,
-            identity=training_identity(spec, entry, train, spec.data), from_run=finished_output,
-            run=lambda job, entry=entry, train=train: run_training(job, entry, train, job.spec.data)))
+        for seed in spec.seeds or [None]:
+            train = spec.train_config(entry)
+            label = name if seed is None else f"{name}@seed{seed}"
+            if seed is not None:
+                train = train.model_copy(update={"seed": seed})
+            units.append(Unit(
+                name=f"train/{label}", stage="train", model=label,
+                code=training_code(entry.name, "pipeline/stages/train.py"), resources=spec.resources_for(entry),
+                uses_data=True, identity=training_identity(spec, entry, train, spec.data), from_run=finished_output,
+                run=lambda job, entry=entry, train=train: run_training(job, entry, train, job.spec.data)))
     return units
