@@ -171,7 +171,8 @@ class Engine:
         run_id = tracker.start_run(
             context.experiment_id, unit.title or unit.model or unit.name, parent_id=context.parent_run_id,
             tags={UNIT_TAG: unit.name, KEY_TAG: unit.key, CODE_TAG: unit.code_version, "stage": unit.stage,
-                  "spec": context.spec.name, **({"model": unit.model} if unit.model else {}), **self.lease_tags()})
+                  "spec": context.spec.name, **({"model": unit.model} if unit.model else {}), **unit.tags,
+                  **self.lease_tags()})
         rivals = [r for r in unit_runs(tracker, context.experiment_id, unit.key) if r.info.run_id != run_id and (
             (r.info.status == "RUNNING" and lease_alive(r)) or (r.info.status == "FINISHED" and not self.forced(unit)))]
         if rivals:

@@ -40,6 +40,7 @@ class Unit:
     # The source its result depends on, relative to the project (files, folders, `timm==VERSION`);
     # default: its stage's module. See pipeline.engine.keys.
     code: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)  # set on its MLflow run when the run is created
     key: str | None = None
 
     @property
