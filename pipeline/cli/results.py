@@ -28,7 +28,7 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
                 publish: bool = typer.Option(False, "--publish", help="Also write it into the experiment's "
                                              "description in the MLflow UI."),
                 tracking_uri: Optional[str] = TrackingOption) -> None:
-    """The best run per model, ranked by test top-1 error (nothing is selected on it)."""
+    """Each model's run chosen by validation error, ranked by test top-1 error (nothing is selected on it)."""
     from pipeline.results import formats, leaderboard, publish
 
     if fmt not in leaderboard.FORMATS:
