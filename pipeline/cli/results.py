@@ -52,10 +52,11 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
        tracking_uri: Optional[str] = TrackingOption) -> None:
     """Serve the MLflow UI for the same tracking store; print where each experiment's models and latest
     workflow run are."""
-    from pipeline.results.publish import ui_links, ui_url
-    from pipeline.tracking.store import redact, resolve_uri, sqlite_path
+    from pipeline.results.leaderboard import ui_url
+    from pipeline.results.publish import ui_links
+    from pipeline.tracking.store import redact, sqlite_path
 
-    uri = resolve_uri(tracking_uri)
+    uri = checked_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         console.print(f"The tracking store is a server: open {ui_url(uri)}", highlight=False)
         for line in ui_links(uri, ui_url(uri), experiment):
