@@ -122,22 +122,64 @@ def not_mlflow(tmp_path_factory):
 # --- the tracking server ---------------------------------------------------------------------------------
 
 def tracking_commands(tmp_path: Path) -> list[list[str]]:
-    """Every command that reads or writes MLflow apart from `run`, as a user types it."""
+    """Every command that reads or writes MLflow and takes --tracking-uri, as a user types it."""
     image = tmp_path / "shoe.png"
     if not image.exists():
         from PIL import Image
 
         Image.new("L", (28, 28)).save(image)
     return [["leaderboard", "-e", "fashion-mnist"], ["report", "-e", "fashion-mnist", "-o", str(tmp_path / "r")],
-            ["register", "-e", "fashion-mnist"], ["predict", str(image), "--run", "0123456789abcdef"]]
+            ["register", "-e", "fashion-mnist"], ["predict", str(image), "--run", "0123456789abcdef"],
+            ["ui", "--port", str(free_port())], ["rerun", "0123456789abcdef"]]
+
+
+def spec_commands(tmp_path: Path) -> list[list[str]]:
+    """The commands that take the tracking URI from the spec or $MLFLOW_TRACKING_URI."""
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    return [["run", "spec.yaml"], ["run", "spec.yaml", "--dry-run"], ["status", "spec.yaml"],
+            ["run", "spec.yaml", "--rerun", "lenet5"], ["run", "spec.yaml", "--address", f"http://127.0.0.1:{free_port()}"]]
+
+
+def test_every_tracking_command_is_in_the_dead_server_test(tmp_path):
+    import inspect
+
+    from pipeline.cli.main import app
+
+    takes_store = {(c.name or c.callback.__name__) for c in app.registered_commands
+                   if {"tracking_uri", "spec"} & set(inspect.signature(c.callback).parameters)} - {"validate"}
+    covered = {command[0] for command in tracking_commands(tmp_path) + spec_commands(tmp_path)}
+    assert takes_store and takes_store <= covered, takes_store - covered
 
 
 def test_nothing_listening_is_a_one_line_error_for_every_tracking_command(tmp_path):
     dead = f"http://admin:{SENTINEL}@127.0.0.1:{free_port()}"
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     for command in tracking_commands(tmp_path):
-        result = run_cli(*command, "--tracking-uri", dead, cwd=tmp_path, timeout=120)
-        line = assert_one_line_error(result, "is unreachable", "http://admin:***@127.0.0.1")
-        assert "no run" not in line  # predict used to blame the run id
+        for how in ("option", "environment"):
+            args = [*command, "--tracking-uri", dead] if how == "option" else command
+            result = run_cli(*args, cwd=tmp_path, timeout=120, env={**fast, "MLFLOW_TRACKING_URI": dead}
+                             if how == "environment" else fast)
+            line = assert_one_line_error(result, "is unreachable", "http://admin:***@127.0.0.1")
+            assert "no run" not in line  # predict used to blame the run id
+    for command in spec_commands(tmp_path):
+        for env in ({"MLFLOW_TRACKING_URI": dead}, {}):
+            args = command if env else [*command, "--set", f"tracking.uri={dead}"]
+            result = run_cli(*args, cwd=tmp_path, timeout=120, env={**fast, **env})
+            if "--address" in command:  # refused before any server is asked: a job would show the password
+                assert_one_line_error(result, "holds a password", "http://admin:***@127.0.0.1")
+            else:
+                assert_one_line_error(result, "is unreachable", "http://admin:***@127.0.0.1")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unexpected_error_prints_its_traceback_without_the_password(tmp_path):
+    """A bug's traceback is kept (to report it) and goes through the same redaction as the one-line errors."""
+    script = ("import sys; from pipeline.cli import main\n"
+              f"def boom(): raise RuntimeError('failed at http://admin:{SENTINEL}@127.0.0.1:5000/api')\n"
+              "main.app = boom; main.main()")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr
+    assert SENTINEL not in result.stderr and "RuntimeError: failed at http://admin:***@127.0.0.1:5000" in result.stderr
 
 
 def test_a_server_that_is_not_mlflow_is_named_as_such(tmp_path, not_mlflow):

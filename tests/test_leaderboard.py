@@ -33,30 +33,57 @@ def add_run(tracker, experiment, model, top1_err, top5_err=1.0, finish=True, tag
     return run_id
 
 
-def test_best_run_per_model_ranked_by_top1_error(store):
+def test_each_model_shows_its_run_chosen_by_validation_ranked_by_test_error(store):
     uri, tracker, experiment, bench = store
-    add_run(tracker, experiment, "lenet5", 12.0)
-    best_lenet = add_run(tracker, experiment, "lenet5", 10.5)
-    add_run(tracker, experiment, "resnet20", 8.0)
-    add_run(tracker, experiment, "vit", 20.0)
+    # lenet5's runs order differently on test and validation: the row is the validation pick, not the best test.
+    add_run(tracker, experiment, "lenet5", 9.0, val_top1_err=14.0)
+    chosen = add_run(tracker, experiment, "lenet5", 12.0, val_top1_err=11.0)
+    add_run(tracker, experiment, "lenet5", 10.5, val_top1_err=13.0)
+    add_run(tracker, experiment, "resnet20", 8.0, val_top1_err=9.0)
+    # A retrained sweep winner is chosen by its sweep's best validation error.
+    add_run(tracker, experiment, "vit", 18.0, sweep_val_top1_err=25.0, tags={"stage": "retrain"})
+    sweep_pick = add_run(tracker, experiment, "vit", 20.0, sweep_val_top1_err=21.0, tags={"stage": "retrain"})
     board = leaderboard.build(uri, bench)
-    assert [r["model"] for r in board.rows] == ["resnet20", "lenet5", "vit"]
-    assert board.rows[1]["run_id"] == best_lenet and board.rows[1]["top1_err"] == 10.5
+    assert [r["model"] for r in board.rows] == ["resnet20", "lenet5", "vit"]  # ranked by test error
+    assert board.rows[1]["run_id"] == chosen and board.rows[1]["top1_err"] == 12.0
+    assert board.rows[2]["run_id"] == sweep_pick and board.rows[2]["top1_err"] == 20.0
+    assert not board.notes and len(board.runs) == 6
+    assert "nothing is selected on it" in leaderboard.FOOTNOTE and "Each model's row" in leaderboard.FOOTNOTE
 
 
-def test_ties_are_broken_by_top5_then_by_the_earlier_run(store):
+def test_validation_ties_are_broken_by_validation_loss_then_by_the_earlier_run(store):
     uri, tracker, experiment, bench = store
-    first = add_run(tracker, experiment, "a", 5.0, top5_err=1.0)
-    add_run(tracker, experiment, "a", 5.0, top5_err=1.0)
-    add_run(tracker, experiment, "b", 5.0, top5_err=0.5)
+    first = add_run(tracker, experiment, "a", 6.0, val_top1_err=5.0, val_loss=0.3)
+    add_run(tracker, experiment, "a", 5.0, val_top1_err=5.0, val_loss=0.3)
+    add_run(tracker, experiment, "b", 7.0, val_top1_err=5.0, val_loss=0.4)
+    lower_loss = add_run(tracker, experiment, "b", 8.0, val_top1_err=5.0, val_loss=0.2)
     board = leaderboard.build(uri, bench)
-    assert [r["model"] for r in board.rows] == ["b", "a"]
-    assert board.rows[1]["run_id"] == first
+    assert [r["run_id"] for r in board.rows] == [first, lower_loss]
+
+
+def test_rows_without_validation_show_the_most_recent_run_with_a_note(store, capsys):
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "lenet5", 9.0)  # val_fraction: 0, the best test error: not chosen
+    recent = add_run(tracker, experiment, "lenet5", 11.0)
+    alone = add_run(tracker, experiment, "resnet20", 8.0)
+    validated = add_run(tracker, experiment, "vit", 20.0, val_top1_err=19.0)
+    add_run(tracker, experiment, "vit", 15.0)  # a model with a validated run ignores its unvalidated ones
+    add_run(tracker, experiment, "clip (zero-shot)", 30.0, tags={"stage": "zero_shot"})  # nothing to validate
+    board = leaderboard.build(uri, bench)
+    assert {r["model"]: r["run_id"] for r in board.rows if r["kind"] == "train"} == \
+        {"lenet5": recent, "resnet20": alone, "vit": validated}
+    assert len(board.notes) == 2
+    lenet, resnet = sorted(board.notes)
+    assert recent in lenet and "not chosen by validation" in lenet and "most recent of its 2 runs" in lenet
+    assert alone in resnet and "not chosen by validation" in resnet and "val_fraction" in resnet
+    formats.show(board, "markdown", None)
+    out = capsys.readouterr().out
+    assert out.count("- note: ") == 2 and "not chosen by validation" in out
 
 
 def test_runs_without_metrics_give_a_note_not_a_crash(store):
     uri, tracker, experiment, bench = store
-    add_run(tracker, experiment, "ok", 3.0)
+    add_run(tracker, experiment, "ok", 3.0, val_top1_err=3.5)
     crashed = tracker.start_run(experiment, "crashed", tags={"model": "broken", "stage": "train"})
     tracker.finish(crashed, "FAILED")
     board = leaderboard.build(uri, bench)
@@ -115,7 +142,7 @@ def test_kind_column_and_sweep_links_appear_only_when_needed(store):
     rows = list(csv.DictReader(io.StringIO(formats.to_csv(board))))
     assert [(r["model"], r["kind"]) for r in rows] == [("ensemble(top2)", "ensemble"), ("resnet20", "train"),
                                                        ("lenet5", "retrain")]
-    assert rows[2]["sweep"] == f"{publish.LOCAL_UI}/#/experiments/{experiment}/runs/abc123"
+    assert rows[2]["sweep"] == f"{leaderboard.LOCAL_UI}/#/experiments/{experiment}/runs/abc123"
     assert rows[0]["sweep"] == ""
 
 
@@ -171,8 +198,8 @@ def test_a_diverged_run_is_marked_ranked_last_and_noted_in_every_format(store, c
     from rich.console import Console
 
     uri, tracker, experiment, bench = store
-    add_run(tracker, experiment, "resnet20", 8.0)
-    add_run(tracker, experiment, "vit", 20.0)
+    add_run(tracker, experiment, "resnet20", 8.0, val_top1_err=8.5)
+    add_run(tracker, experiment, "vit", 20.0, val_top1_err=21.0)
     nan_run = add_run(tracker, experiment, "lenet5", 5.0, diverged=1.0)  # an error that is no result
     healthy = leaderboard.build(uri, bench, family=None, tags={"model": "vit"})
     assert "diverged" not in healthy.columns and not healthy.notes
@@ -197,8 +224,8 @@ def test_a_diverged_run_is_marked_ranked_last_and_noted_in_every_format(store, c
 
 def test_a_model_with_a_diverged_and_a_sound_run_shows_the_sound_one(store):
     uri, tracker, experiment, bench = store
-    add_run(tracker, experiment, "lenet5", 3.0, diverged=1.0)
-    sound = add_run(tracker, experiment, "lenet5", 12.0)
+    add_run(tracker, experiment, "lenet5", 3.0, diverged=1.0, val_top1_err=2.0)
+    sound = add_run(tracker, experiment, "lenet5", 12.0, val_top1_err=12.5)
     board = leaderboard.build(uri, bench)
     assert [r["run_id"] for r in board.rows] == [sound] and "diverged" not in board.columns and not board.notes
 

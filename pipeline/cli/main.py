@@ -22,6 +22,13 @@ def main() -> None:
         # Rich markup off for the message: a URI's [brackets] or a value like [1 must print as they are.
         Console(stderr=True).print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Exception:  # a bug, or a library's error nobody turned into one line: its traceback, with no password
+        import traceback
+
+        from pipeline.tracking.store import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

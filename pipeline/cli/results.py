@@ -28,7 +28,7 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
                 publish: bool = typer.Option(False, "--publish", help="Also write it into the experiment's "
                                              "description in the MLflow UI."),
                 tracking_uri: Optional[str] = TrackingOption) -> None:
-    """The best run per model, ranked by test top-1 error (nothing is selected on it)."""
+    """Each model's run chosen by validation error, ranked by test top-1 error (nothing is selected on it)."""
     from pipeline.results import formats, leaderboard
     from pipeline.results.publish import models_url, publish_leaderboard
 
@@ -55,9 +55,9 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
     workflow run are."""
     from pipeline.results.leaderboard import ui_url
     from pipeline.results.publish import ui_links
-    from pipeline.tracking.store import redact, resolve_uri, sqlite_path
+    from pipeline.tracking.store import redact, sqlite_path
 
-    uri = resolve_uri(tracking_uri)
+    uri = checked_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         console.print(f"The tracking store is a server: open {ui_url(uri)}", highlight=False)
         for line in ui_links(uri, ui_url(uri), experiment):

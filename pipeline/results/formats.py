@@ -66,7 +66,7 @@ def to_markdown(board: Leaderboard, links: bool = False) -> str:
 def to_rich_table(board: Leaderboard):
     from rich.table import Table
 
-    table = Table(title=f"Leaderboard: {board.experiment} (best run per model, by test top-1 error)")
+    table = Table(title=f"Leaderboard: {board.experiment} (each model's run by validation, ranked by test top-1 error)")
     table.add_column("#", justify="right")
     columns = board.columns
     for column in columns:
@@ -145,7 +145,7 @@ def show_comparison(left: Leaderboard, right: Leaderboard, fmt: str, console) ->
     else:
         from rich.table import Table
 
-        table = Table(title=f"{left.experiment} vs {right.experiment} (best run per model; "
+        table = Table(title=f"{left.experiment} vs {right.experiment} (each model's run by validation; "
                             f"delta = {right.experiment} - {left.experiment})")
         for i, name in enumerate(header):
             table.add_column(name, justify="left" if i == 0 else "right")

@@ -1,4 +1,4 @@
-"""ILSVRC-style leaderboard from MLflow: the best run per model, ranked by test top-1 error.
+"""ILSVRC-style leaderboard from MLflow: each model's run chosen by validation error, ranked by test top-1 error.
 
 The ranking reports; it selects nothing. What picks runs (ensemble members, the registered champion) reads
 their validation error through `by_validation`, never the test figures shown here."""
@@ -30,9 +30,9 @@ VALIDATION = ("val_top1_err", "best_val_top1_err", "best_epoch", "val_loss", "sw
 SELECTION_KINDS = ("train", "retrain")  # runs of one network, which selection chooses among
 
 
-FOOTNOTE = ("Ranked by test top-1 error, for reporting only: nothing is selected on it. Ensemble members and the "
-            "registered champion are chosen by validation error (val_top1_err; a retrained sweep winner by its "
-            "sweep's best, sweep_val_top1_err).")
+FOOTNOTE = ("Ranked by test top-1 error, for reporting only: nothing is selected on it. Each model's row, "
+            "ensemble members and the registered champion are chosen by validation error (val_top1_err; a retrained "
+            "sweep winner by its sweep's best, sweep_val_top1_err).")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `pipeline ui` serves a local store
 
 
@@ -106,15 +106,33 @@ def _row(run) -> dict:
 
 
 def best_per_model(rows: list[dict]) -> list[dict]:
-    """Keep each model's best run; ties go to the lower top-5 error, then the earlier run. A diverged run
-    (its errors are no result) ranks below every run that did not diverge."""
-    def key(r):
-        return r.get("diverged", False), r["top1_err"], r["top5_err"], r["_start"]
+    """Keep each model's run with the lowest validation error (`selection_error`; ties: validation loss, then
+    the earlier run), never chosen by test error; a model without validated runs shows its most recent run.
+    A diverged run comes after every sound one. The rows are then ranked by test error, for reporting."""
+    def choice(r):
+        validated = selection_error(r) is not None
+        return (r.get("diverged", False), not validated, selection_error(r) or 0.0, r.get("val_loss") or 0.0,
+                r["_start"] if validated else -r["_start"])
 
     best: dict[str, dict] = {}
-    for row in sorted(rows, key=key):
+    for row in sorted(rows, key=choice):
         best.setdefault(row["model"], row)
-    return sorted(best.values(), key=lambda r: (*key(r), r["model"]))
+    return sorted(best.values(), key=lambda r: (r.get("diverged", False), r["top1_err"], r["top5_err"], r["_start"],
+                                                r["model"]))
+
+
+def unvalidated_notes(best: list[dict], rows: list[dict]) -> list[str]:
+    """A note for each shown row not chosen by validation (no validation metric: `data.val_fraction: 0`)."""
+    notes = []
+    for row in best:
+        runs = sum(r["model"] == row["model"] for r in rows)
+        if row["diverged"] or selection_error(row) is not None or (row["kind"] not in SELECTION_KINDS and runs == 1):
+            continue
+        shown = f"the most recent of its {runs} runs is shown" if runs > 1 else "its only run is shown"
+        notes.append(f"{row['model']} (run {row['run_id']}) has no validation metric (trained with data.val_fraction"
+                     f" 0): not chosen by validation ({shown}), and never an ensemble member or the champion; "
+                     "set data.val_fraction > 0 to select by validation")
+    return notes
 
 
 def selection_error(row: dict) -> float | None:
@@ -211,6 +229,7 @@ def build(tracking_uri: str, experiment: str, family: str | None = None,
     if references is None:
         references = "imagenet" in experiment.lower() or any(r["dataset"].startswith("imagenet") for r in rows)
     best = best_per_model(rows)
+    notes += unvalidated_notes(best, rows)
     notes += [f"{r['model']} (run {r['run_id']}) diverged (its loss became NaN or infinite): its errors are no "
               "result and it is never an ensemble member or the champion; lower train.lr or set train.grad_clip"
               for r in best if r["diverged"]]
