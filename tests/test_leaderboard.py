@@ -1,5 +1,6 @@
 import csv
 import io
+import statistics
 
 import pytest
 
@@ -305,3 +306,31 @@ def test_ui_links_name_the_models_view_and_the_latest_workflow_run(trained):
     assert lines == [f"{trained.experiment}: models {base}/models?workflowType=machine_learning",
                      f"{trained.experiment}: latest workflow run {base}/runs/{trained.context.parent_run_id}"
                      "?workflowType=machine_learning"]
+
+
+def test_a_recipe_over_seeds_shows_its_mean_spread_and_count_never_its_best_seed(store):
+    uri, tracker, experiment, bench = store
+
+    def seeded(seed, top1_err, val, recipe="r1", model="resnet20"):
+        run_id = add_run(tracker, experiment, model, top1_err, val_top1_err=val, tags={"recipe": recipe})
+        tracker.log(run_id, {}, params={"seed": seed})
+        return run_id
+
+    errors = {0: 8.0, 1: 9.0, 2: 10.0}
+    runs = [seeded(seed, error, val=12.0 + seed) for seed, error in errors.items()]
+    seeded(0, 7.0, val=30.0, recipe="r2")  # another recipe of the model: best on test, worst on validation
+    seeded(1, 9.5, val=12.5)  # seed 1 of r1 again: its most recent run counts, once
+    add_run(tracker, experiment, "lenet5", 11.0, val_top1_err=13.0)  # one run: shown as it is
+    board = leaderboard.build(uri, bench)
+    rows = {r["model"]: r for r in board.rows}
+    resnet = rows["resnet20"]
+    expected = [8.0, 9.5, 10.0]
+    assert resnet["runs"] == 3 and resnet["seed"] == "0,1,2"
+    assert resnet["top1_err"] == pytest.approx(statistics.fmean(expected))
+    assert resnet["top1_err_std"] == pytest.approx(statistics.stdev(expected))
+    assert resnet["top1"] == pytest.approx(100 - statistics.fmean(expected))
+    assert resnet["run_id"] not in runs[:1]  # the most recent run of the recipe links the row
+    assert "runs" not in rows["lenet5"] and rows["lenet5"]["top1_err"] == 11.0
+    assert board.columns[board.columns.index("top1_err") + 1:board.columns.index("top1_err") + 3] == \
+        ["top1_err_std", "runs"]
+    assert "top1_err_std" in formats.to_csv(board).splitlines()[0]

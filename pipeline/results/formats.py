@@ -12,7 +12,7 @@ from pipeline.results.leaderboard import FOOTNOTE, FORMATS, Leaderboard
 def _cell(key: str, value) -> str:
     if value is None:
         return ""
-    if key in ("top1", "top1_err", "top5", "top5_err", "val_top1_err"):
+    if key in ("top1", "top1_err", "top1_err_std", "top5", "top5_err", "val_top1_err"):
         return f"{value:.2f}"
     if key == "param_count":
         return f"{value:.3f}"

@@ -4,6 +4,7 @@ The ranking reports; it selects nothing. What picks runs (ensemble members, the 
 their validation error through `by_validation`, never the test figures shown here."""
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
@@ -67,6 +68,8 @@ class Leaderboard:
             columns.insert(1, "diverged")
         if self.references or any(r["kind"] != "train" for r in self.rows):
             columns.insert(1, "kind")
+        if any(r.get("runs", 1) > 1 for r in self.rows):  # a recipe over several seeds: its spread and count
+            columns[columns.index("top1_err") + 1:columns.index("top1_err") + 1] = ["top1_err_std", "runs"]
         if any(r.get("sweep_run_id") for r in self.rows):
             columns.append("sweep")
         return columns
@@ -101,21 +104,52 @@ def _row(run) -> dict:
         "sweep_run_id": tags.get("sweep_run_id"),
         "members": tags.get("members", ""),
         "dataset": tags.get("dataset", ""),
+        "recipe": tags.get("recipe"),
         "_start": run.info.start_time,
     }
 
 
+AVERAGED = ("top1", "top1_err", "top5", "top5_err", "val_top1_err")
+
+
+def seed_groups(rows: list[dict]) -> list[list[dict]]:
+    """The runs one row stands for: a training run's recipe over its seeds (tag `recipe`; a seed run again
+    counts once, its most recent run), any other run on its own."""
+    groups: dict[tuple, dict[object, dict]] = {}
+    for row in sorted(rows, key=lambda r: r["_start"]):
+        key = (row["model"], row["kind"], row["recipe"]) if row.get("recipe") else (row["run_id"],)
+        groups.setdefault(key, {})[row["seed"] if row.get("recipe") else row["run_id"]] = row
+    return [list(group.values()) for group in groups.values()]
+
+
+def averaged(group: list[dict]) -> dict:
+    """One row for a recipe's runs: the mean of each figure with the spread of the test error (sample standard
+    deviation) and the number of runs; its run is the most recent. A single run stays as it is."""
+    row = dict(max(group, key=lambda r: r["_start"]))
+    if len(group) == 1:
+        return row
+    for key in AVERAGED:
+        values = [r[key] for r in group if r.get(key) is not None]
+        row[key] = statistics.fmean(values) if len(values) == len(group) else None
+    row["top1_err_std"] = statistics.stdev(r["top1_err"] for r in group)
+    row.update(runs=len(group), seed=",".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"] or 0)),
+               diverged=any(r.get("diverged") for r in group))
+    return row
+
+
 def best_per_model(rows: list[dict]) -> list[dict]:
-    """Keep each model's run with the lowest validation error (`selection_error`; ties: validation loss, then
-    the earlier run), never chosen by test error; a model without validated runs shows its most recent run.
-    A diverged run comes after every sound one. The rows are then ranked by test error, for reporting."""
+    """Each model's row: its recipe with the lowest validation error (`selection_error`, averaged over the
+    recipe's seeds; ties: validation loss, then the earlier run), never chosen by test error; a model without
+    validated runs shows its most recent recipe. A recipe trained with several seeds shows the mean and
+    standard deviation over them and their number, never its best seed. A diverged row comes after every
+    sound one. The rows are then ranked by test error, for reporting."""
     def choice(r):
         validated = selection_error(r) is not None
         return (r.get("diverged", False), not validated, selection_error(r) or 0.0, r.get("val_loss") or 0.0,
                 r["_start"] if validated else -r["_start"])
 
     best: dict[str, dict] = {}
-    for row in sorted(rows, key=choice):
+    for row in sorted((averaged(group) for group in seed_groups(rows)), key=choice):
         best.setdefault(row["model"], row)
     return sorted(best.values(), key=lambda r: (r.get("diverged", False), r["top1_err"], r["top5_err"], r["_start"],
                                                 r["model"]))
