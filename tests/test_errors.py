@@ -1,6 +1,7 @@
 """User mistakes and bad servers end in one line that names the problem and the fix: exit code 2, no traceback,
 no password. Against real servers: `mlflow server` with logins, `python -m http.server` as a server that is not
 MLflow, and a closed port."""
+import io
 import os
 import secrets
 import socket
@@ -321,6 +322,120 @@ def test_the_kwargs_of_every_shipped_spec_are_accepted():
                 check_model_kwargs(entry["name"], entry["kwargs"])
                 checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("kwargs, fragments", [
+    ("{depth: four}", ["kwargs.depth is 'four' (str), it takes int (default 12)", "fix kwargs.depth"]),
+    ("{depth: 4, mlp_ratio: '2.0'}", ["kwargs.mlp_ratio is '2.0' (str), it takes int or float"]),
+    ("{depth: 4, qkv_bias: 1}", ["kwargs.qkv_bias is 1 (int), it takes bool"]),
+    ("{depth: 4, global_pool: mean}", ["kwargs.global_pool is 'mean'", "'avg'", "'token'"]),
+])
+def test_a_model_kwarg_of_the_wrong_type_fails_in_validate_and_before_the_run(tmp_path, kwargs, fragments):
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("models: [lenet5]", f"models: [{{name: vit_tiny_patch4_32, "
+                                                                         f"kwargs: {kwargs}}}]"))
+    for command in (["validate", "spec.yaml"], ["run", "spec.yaml"]):
+        assert_one_line_error(run_cli(*command, cwd=tmp_path, timeout=120), "model 'vit_tiny_patch4_32'", *fragments)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was tracked
+    # The same types pass (an int for a float, a tuple as a list, a null where the model takes one).
+    check_model_kwargs("vit_tiny_patch4_32", {"depth": 4, "mlp_ratio": 2, "img_size": [28, 28], "init_values": None,
+                                              "global_pool": "avg", "qkv_bias": False})
+    # A zoo model without annotations is checked by the type of its defaults.
+    with pytest.raises(PipelineError, match=r"kwargs.stem_width is 16.5 \(float\), it takes int \(default 16\)"):
+        check_model_kwargs("resnet20", {"stem_width": 16.5})
+
+
+# --- bad input that used to end in a traceback ------------------------------------------------------------
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 4) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, shade in zip(classes, (40, 200)):
+            (root / split / label).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (12, 12), (shade + i,) * 3).save(root / split / label / f"{i}.png")
+
+
+def image_folder_spec(tmp_path: Path, folder: str) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("data: {name: synthetic}", f"data: {{name: huggingface, path: "
+                                                     f"{folder}, image_size: 16, in_chans: 3}}"))
+
+
+def test_an_image_folder_with_a_file_that_is_not_an_image_names_the_file(tmp_path):
+    write_image_folder(tmp_path / "pets")
+    (tmp_path / "pets" / "train" / "dog" / "notes.png").write_bytes(b"not an image\n")
+    from PIL import Image
+
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(noise, "PNG")
+    # Truncated: PIL opens it (the header is whole) and fails only when it decodes the pixels.
+    (tmp_path / "pets" / "train" / "cat" / "cut.png").write_bytes(noise.getvalue()[:len(noise.getvalue()) // 2])
+    image_folder_spec(tmp_path, "pets")
+    env = {"PIPELINE_CACHE": str(tmp_path / "cache")}
+    line = assert_one_line_error(run_cli("run", "spec.yaml", cwd=tmp_path, env=env, timeout=180),
+                                 "is not an image it can read", "and 1 more of its 10 images", "remove or replace")
+    assert "cut.png" in line or "notes.png" in line
+    # The other file, named when the first is gone.
+    first = "notes.png" if "notes.png" in line else "cut.png"
+    next(tmp_path.glob(f"pets/train/*/{first}")).unlink()
+    line = assert_one_line_error(run_cli("run", "spec.yaml", cwd=tmp_path, env=env, timeout=180), "is not an image")
+    assert ({"cut.png", "notes.png"} - {first}).pop() in line and "more" not in line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_image_folder_with_a_single_class_says_it_needs_two(tmp_path):
+    write_image_folder(tmp_path / "lonely", classes=("cat",))
+    image_folder_spec(tmp_path, "lonely")
+    env = {"PIPELINE_CACHE": str(tmp_path / "cache")}
+    for command in ("validate", "run"):
+        if command == "validate":  # the spec itself is fine: it is the data that is wrong
+            assert run_cli(command, "spec.yaml", cwd=tmp_path).returncode == 0
+            continue
+        line = assert_one_line_error(run_cli(command, "spec.yaml", cwd=tmp_path, env=env, timeout=180),
+                                     "single class folder 'cat'", "at least two classes")
+        assert "label column" not in line
+
+
+def test_a_tracking_uri_with_an_unknown_scheme_is_named(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    for command in (["leaderboard", "--tracking-uri", "foo://x"], ["status", "spec.yaml", "--set", "tracking.uri=foo://x"],
+                    ["run", "spec.yaml", "--set", "tracking.uri=foo://x"]):
+        assert_one_line_error(run_cli(*command, cwd=tmp_path, timeout=120), "tracking URI foo://x has an unknown "
+                              "scheme 'foo'", "sqlite:///PATH")
+
+
+def test_a_tracking_store_that_is_not_a_database_is_named_and_left_as_it_is(tmp_path):
+    garbage = tmp_path / "mlflow.db"
+    content = secrets.token_bytes(4096)
+    garbage.write_bytes(content)
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    for command in (["run", "spec.yaml"], ["status", "spec.yaml"], ["leaderboard"]):
+        assert_one_line_error(run_cli(*command, cwd=tmp_path, timeout=120), f"tracking database {garbage} is not a "
+                              "readable SQLite database", "move the file away")
+    assert garbage.read_bytes() == content
+
+
+def test_report_out_naming_an_existing_file_is_refused_and_the_file_kept(tmp_path):
+    from pipeline.tracking.store import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracker.start_run(tracker.experiment_id("e"), "r", tags={"model": "lenet5", "stage": "train"},
+                            metrics={"top1_err": 9.0, "top5_err": 1.0, "top1": 91.0, "top5": 99.0})
+    tracker.finish(run)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(run_cli("report", "-e", "e", "--out", "notes.txt", cwd=tmp_path),
+                          "report folder notes.txt is a file", "pass --out a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert [r.data.tags.get("stage") for r in tracker.client.search_runs([tracker.experiment_id("e")])] == ["train"]
+
+
+def test_a_rerun_pattern_that_matches_no_unit_is_named(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    for command in ("status", "run"):
+        assert_one_line_error(run_cli(command, "spec.yaml", "--rerun", "train/lenet5", "--rerun", "resnet*",
+                                      cwd=tmp_path, timeout=120),
+                              "--rerun 'resnet*' matches no unit of the spec", "train/lenet5, leaderboard")
+    assert run_cli("status", "spec.yaml", "--rerun", "lenet*", cwd=tmp_path).returncode == 0
 
 
 def files_holding(root: Path, secret: bytes) -> list[str]:

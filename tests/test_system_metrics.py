@@ -37,3 +37,36 @@ def test_the_spec_switch():
     on = parse_spec({"name": "s", "models": ["lenet5"]})
     off = parse_spec({"name": "s", "models": ["lenet5"], "tracking": {"system_metrics": False}})
     assert on.tracking.system_metrics is True and off.tracking.system_metrics is False
+
+
+def system_keys(client, run_id: str) -> set[str]:
+    return {key for key in client.get_run(run_id).data.metrics if key.startswith("system/")}
+
+
+def test_system_metrics_off_logs_none_on_a_real_run_and_on_logs_them(ray_cluster, trained, workdir):
+    """A tiny real training run with `tracking.system_metrics: false` logs no `system/*` metric in any of its
+    runs; the shared workflow's runs (the default, on) each log the node's CPU and memory use. A run shorter
+    than a sampling interval still logs one reading when on (the sampler reports on stop), so the tiny run
+    would show them if the switch were ignored."""
+    import os
+
+    from rich.console import Console
+
+    from pipeline.engine import workflow
+
+    spec = parse_spec({"name": "quiet", "data": {"name": "synthetic", "synthetic_size": 200, "val_fraction": 0.2},
+                       "models": ["lenet5"], "stages": ["train"],
+                       "train": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+                       "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "system_metrics": False},
+                       "storage_path": str(workdir / "checkpoints")})
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    assert not context.failures, context.failure_summary()
+    client = Tracker(spec.tracking.uri).client
+    runs = client.search_runs([context.experiment_id])
+    assert {r.data.tags.get("stage") for r in runs} == {"train", "workflow"}
+    assert all(not system_keys(client, r.info.run_id) for r in runs)
+    assert "top1" in client.get_run(context.outputs["train"]["lenet5"]["run_id"]).data.metrics  # it did train
+    on = trained.tracker.client
+    for model, run_id in trained.runs.items():
+        assert {"system/node_0/cpu_utilization_percentage", "system/node_0/system_memory_usage_megabytes"} <= \
+            system_keys(on, run_id), model

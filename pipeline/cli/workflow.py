@@ -25,6 +25,11 @@ def validate(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[li
     from pipeline.spec.loading import load_spec
 
     loaded = load_spec(spec, set_ or [], only or [], skip or [])
+    if any(entry.kwargs for entry in loaded.models):  # checked against the models themselves: imports timm
+        from pipeline.training.model_checks import check_model_kwargs
+
+        for entry in loaded.models:
+            check_model_kwargs(entry.name, entry.kwargs)
     console.print(f"[green]ok[/]: {loaded.name}: {len(loaded.models)} model(s) on {loaded.data.name}, "
                   f"stages {' -> '.join(loaded.stages)}")
 

@@ -33,6 +33,8 @@ def open_dataset(source: str, split: str, streaming: bool = False):
             if not (folder / split).is_dir():
                 raise PipelineError(f"data folder {folder} has no '{split}' split: add {folder / split}/<class>/"
                                     f"<images> or {split}-*.parquet files, or set data.{split}_split")
+            _check_class_folders(folder, split)
+            datasets.disable_progress_bars()  # a local folder: nothing to download, and the run has its own display
             return datasets.load_dataset("imagefolder", data_dir=str(folder), split=split, streaming=streaming)
         if source.startswith((".", "/", "~")):
             raise PipelineError(f"data path {source} does not exist: point data.path to a folder of images or parquet files")
@@ -43,6 +45,51 @@ def open_dataset(source: str, split: str, streaming: bool = False):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"cannot load data set '{source}' split '{split}': {reason} "
                             f"(check the name, the network, or give a local copy as data.path)") from None
+
+
+def _check_class_folders(folder: Path, split: str) -> None:
+    """An imagefolder's splits hold one folder per class; with one class in all, `datasets` infers no labels."""
+    split_folder = folder / split
+    classes = sorted({p.name for s in folder.iterdir() if s.is_dir() for p in s.iterdir()
+                      if p.is_dir() and not p.name.startswith(".")})
+    if len(classes) == 1:
+        raise PipelineError(f"image folder {split_folder} has a single class folder '{classes[0]}': a classifier needs "
+                            f"at least two classes, so add a folder per class ({split_folder}/<class>/<images>)")
+
+
+def _check_classes(names: list[str], source: str, label_column: str) -> None:
+    if len(names) < 2:
+        raise PipelineError(f"data set '{source}' has {len(names)} class(es) in column '{label_column}' "
+                            f"({', '.join(names)}): a classifier needs at least two classes; check data.path and "
+                            "data.label_column")
+
+
+def open_images(dataset, image_column: str, source: str) -> list:
+    """The split's images as PIL images, each decoded whole; files that are not images are named in one error
+    (PIL's traceback from inside the run otherwise)."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        return dataset[image_column]
+    images, broken = [], []
+    for i, item in enumerate(dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]):
+        try:
+            image = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+            image.load()  # a truncated file fails here, not at its first use
+            images.append(image)
+        except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+            where = item.get("path") or f"row {i}"
+            reason = str(exc).strip().splitlines()[0].replace(f" '{where}'", "") if str(exc).strip() else ""
+            broken.append((where, reason or type(exc).__name__))
+    if broken:
+        (where, reason), more = broken[0], len(broken) - 1
+        others = f" and {more} more of its {len(images) + len(broken)} images" if more else ""
+        raise PipelineError(f"data set '{source}': {where} is not an image it can read ({reason}){others}: "
+                            "remove or replace the file(s), then run again")
+    return images
 
 
 def _check_columns(features, image_column: str, label_column: str, source: str) -> None:
@@ -79,9 +126,10 @@ def load_image_tensors(source: str, split: str, image_column: str, label_column:
     if cache_file.exists():
         images, labels, cached_classes = torch.load(cache_file, weights_only=True)
     else:
-        images = decode_images(dataset[image_column], in_chans, image_size)
         labels = torch.as_tensor(dataset[label_column], dtype=torch.long)
         cached_classes = _class_names(dataset.features, label_column, labels)
+        _check_classes(cached_classes, source, label_column)
+        images = decode_images(open_images(dataset, image_column, source), in_chans, image_size)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         torch.save((images, labels, cached_classes), cache_file)
     return ImageTensors(images, labels, classes or cached_classes, tuple(mean), tuple(std), hflip, name=source)

@@ -29,6 +29,8 @@ from pipeline.engine.context import RunContext
 from pipeline.engine.resources import check_fits
 from pipeline.engine.scheduler import Engine
 from pipeline.engine.signals import interrupt_line, raising_interrupted
+from pipeline.engine.states import matches
+from pipeline.errors import PipelineError
 from pipeline.spec.schema import Spec
 
 
@@ -42,6 +44,10 @@ def prepare(spec: Spec, console: Console | None = None, verbose: bool = False, r
         tree["tracking"]["uri"] = redact(tree["tracking"]["uri"])
     context.spec_yaml = yaml.safe_dump(tree, sort_keys=False)
     units = registry.plan(context)
+    for pattern in rerun:
+        if not any(matches(unit, [pattern]) for unit in units):
+            raise PipelineError(f"--rerun '{pattern}' matches no unit of the spec; its units: "
+                                f"{', '.join(u.name for u in units)} (or 'all')")
     uri = resolve_uri(spec.tracking.uri)
     check_reachable(uri)
     context.tracker = Tracker(uri, create=False)

@@ -110,6 +110,10 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, ui_url
 
     from pipeline.tracking.store import Tracker
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"report folder {out} is a file: pass --out a folder (new or existing) for report.html, "
+                            "report.md and the charts")
     board = leaderboard.build(tracking_uri, experiment)
     if ui_url:
         board.ui_url = ui_url.rstrip("/")
@@ -117,8 +121,11 @@ def write_report(tracking_uri: str, experiment: str, out_dir: str | Path, ui_url
     images, notes = charts(client, board)
     notes = board.notes + notes
     when = time.strftime("%Y-%m-%d %H:%M")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission
+        raise PipelineError(f"cannot make report folder {out} ({exc.strerror}): pass --out a folder you can "
+                            "write") from None
     paths = []
     for name, _, png in images:
         (out / name).write_bytes(png)

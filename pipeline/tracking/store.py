@@ -5,6 +5,7 @@ The driver creates and closes the runs; training workers only log metrics into a
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -85,8 +86,30 @@ def _api_request(uri: str) -> urllib.request.Request:
     return request
 
 
+# The schemes of MLflow's tracking stores (a database URI may name its driver: postgresql+psycopg://).
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def _check_sqlite(db: Path) -> None:
+    """An existing file must be an SQLite database that reads (sqlalchemy's traceback otherwise)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise PipelineError(f"tracking database {db} is not a readable SQLite database ({exc}): point tracking.uri "
+                            "/ --tracking-uri / MLFLOW_TRACKING_URI at an MLflow store, or move the file away to "
+                            "start a new one") from None
+
+
 def check_reachable(uri: str) -> None:
     """Raise a one-line error when the tracking store cannot be used, before anything is written."""
+    scheme, sep, _ = uri.partition("://")
+    if sep and scheme.partition("+")[0].lower() not in SCHEMES:
+        raise PipelineError(f"tracking URI {redact(uri)} has an unknown scheme '{scheme}': use sqlite:///PATH, "
+                            "http(s)://HOST:PORT of `mlflow server` or postgresql://..., in tracking.uri / "
+                            "--tracking-uri / MLFLOW_TRACKING_URI")
     if uri.startswith(("http://", "https://")):
         shown = redact(uri)
         insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
@@ -114,8 +137,13 @@ def check_reachable(uri: str) -> None:
         if not is_mlflow:
             raise PipelineError(f"{shown} is not an MLflow tracking server (its REST API did not answer): "
                                 "give the address of `mlflow server` in tracking.uri / MLFLOW_TRACKING_URI")
-    elif (db := sqlite_path(uri)) is not None and not os.access(db.parent if not db.exists() else db, os.W_OK):
-        raise PipelineError(f"tracking database {db} is not writable: fix its permissions or set tracking.uri")
+    elif (db := sqlite_path(uri)) is not None:
+        if db.is_dir():
+            raise PipelineError(f"tracking database {db} is a folder: name a file, e.g. sqlite:///{db / 'mlflow.db'}")
+        if not os.access(db.parent if not db.exists() else db, os.W_OK):
+            raise PipelineError(f"tracking database {db} is not writable: fix its permissions or set tracking.uri")
+        if db.exists():
+            _check_sqlite(db)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
