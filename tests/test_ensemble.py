@@ -7,7 +7,8 @@ from conftest import log_predictions
 from pipeline.errors import PipelineError
 from pipeline.results import leaderboard
 from pipeline.spec.loading import parse_spec
-from pipeline.stages.ensemble import build_ensemble, scores
+from pipeline.scoring import topk_scores as scores
+from pipeline.stages.ensemble import build_ensemble
 from pipeline.tracking.store import Tracker
 
 CLASSES = 10

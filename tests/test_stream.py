@@ -100,7 +100,7 @@ def ids_loop(config):
     from pipeline.training.harness import worker_setup
     from pipeline.training.loop import make_batches
 
-    hp, rank, world_size, device, autocast = worker_setup(1, config.train)
+    rank, world_size, device, autocast = worker_setup(1, config.recipe.precision)
     train, val, test = make_batches(config, rank, world_size, device)
     out = {"steps": train.steps_per_epoch, "dropped": train.dropped_per_epoch,
            "node": ray.get_runtime_context().get_node_id()}
