@@ -114,3 +114,13 @@ def test_a_unit_whose_workers_wait_for_cpus_held_outside_the_workflow_says_so(ra
     assert named == ["train/lenet5: its workers still wait for 2 CPU after 3 s; the cluster has 1 CPU free, the "
                      "rest held outside this workflow (`ray status` shows by what)"]
     assert context.failures == [] and "test: top-1" in out.getvalue()
+
+
+def test_the_spec_description_is_shown_on_the_first_line_and_kept_on_the_workflow_run(workdir):
+    spec = parse_spec({"name": "described", "description": "Tiny [check] of descriptions.\nMore detail.",
+                       "stages": ["leaderboard"], "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}})
+    output = io.StringIO()
+    context = workflow.run(spec, Console(file=output, width=200))
+    assert output.getvalue().splitlines()[0].startswith("described (Tiny [check] of descriptions.): 1 unit(s)")
+    tags = MlflowClient(spec.tracking.uri).get_run(context.parent_run_id).data.tags
+    assert tags["description"] == spec.description
