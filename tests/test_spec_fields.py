@@ -292,3 +292,9 @@ def test_options_a_data_path_would_ignore_are_refused_at_validation(tree, words,
     with pytest.raises(PipelineError) as error:
         parse_spec(resolved(tree, folders))
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_augment_false_on_a_streamed_set_trains_on_the_evaluation_transform(folders):
+    plain = received(resolved(STREAM, folders))[0][0].stream.transforms
+    off = received(resolved(with_field(STREAM, "data.augment", False), folders))[0][0].stream.transforms
+    assert plain["train"] != plain["eval"] and off["train"] == off["eval"] == plain["eval"]
