@@ -298,3 +298,15 @@ def test_augment_false_on_a_streamed_set_trains_on_the_evaluation_transform(fold
     plain = received(resolved(STREAM, folders))[0][0].stream.transforms
     off = received(resolved(with_field(STREAM, "data.augment", False), folders))[0][0].stream.transforms
     assert plain["train"] != plain["eval"] and off["train"] == off["eval"] == plain["eval"]
+
+
+def test_pipeline_validate_prints_the_refusal_as_one_error_line(tmp_path):
+    import yaml
+    from conftest import run_cli
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(with_field(with_field(MEMORY, "train.scheduler", "plateau"),
+                                                                  "data.val_fraction", 0.0)))
+    result = run_cli("validate", "spec.yaml", cwd=tmp_path)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert "train.scheduler plateau" in lines[0] and "data.val_fraction" in lines[0]

@@ -15,8 +15,9 @@ from pipeline.training.config import Mixing, Optimization, Recipe, Stream, Tenso
 # The code a trained network depends on (a unit's key hashes it, with its model's module): the driver's
 # recipe and unit, the harness, the worker loop and its evaluation, and the data path.
 TRAINING_CODE = ("pipeline/training/config.py", "pipeline/training/evaluation.py", "pipeline/training/harness.py",
-                 "pipeline/training/loop.py", "pipeline/training/recipe.py", "pipeline/training/relay.py",
-                 "pipeline/training/unit.py", "pipeline/data")
+                 "pipeline/training/learning_rate.py", "pipeline/training/loop.py", "pipeline/training/mixing.py",
+                 "pipeline/training/recipe.py", "pipeline/training/relay.py", "pipeline/training/unit.py",
+                 "pipeline/scoring.py", "pipeline/data")
 
 
 def training_code(model: str, *more: str) -> tuple[str, ...]:
