@@ -148,6 +148,9 @@ def test_pretraining_feeds_zero_shot_through_mlflow(ray_cluster, workdir):
     losses = [m.value for m in sorted(client.get_metric_history(pretrain_id, "train_loss"), key=lambda m: m.step)]
     assert losses[-1] < losses[0]
     assert pretrain.data.metrics["temperature"] != pytest.approx(0.07)  # learned, not fixed
+    # Its workers' nodes are sampled as a classification run's are.
+    cpu = [v for k, v in pretrain.data.metrics.items() if k.startswith("system/") and k.endswith("/cpu_utilization_percentage")]
+    assert cpu and all(0 <= v <= 100 for v in cpu)
 
     zero_shot = context.outputs["zero_shot"]["zero_shot"]["metrics"]
     assert zero_shot["top1"] > 30  # chance: 10%, with prompts never used in training

@@ -6,8 +6,9 @@ from conftest import log_predictions
 
 from pipeline.errors import PipelineError
 from pipeline.results import leaderboard
+from pipeline.scoring import topk_scores as scores
 from pipeline.spec.loading import parse_spec
-from pipeline.stages.ensemble import build_ensemble, scores
+from pipeline.stages.ensemble import build_ensemble
 from pipeline.tracking.store import Tracker
 
 CLASSES = 10

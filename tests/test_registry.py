@@ -147,3 +147,20 @@ def test_a_diverged_or_unvalidated_run_is_never_the_champion(tmp_path):
     worse_on_test = run("lenet5", 20.0, val_top1_err=5.0)
     run("better_on_test", 10.0, val_top1_err=9.0)
     assert champion.champion_row(tracker.uri, "nan")["run_id"] == worse_on_test
+
+
+def test_predict_on_the_test_images_reproduces_the_reported_top1_of_an_in_memory_model(trained):
+    """Every test image as a PNG file, through the logged model's pyfunc: its top-1 is the run's, exactly."""
+    client, run_id = trained.tracker.client, trained.runs["lenet5"]
+    test = trained.context.data.test
+    folder = trained.folder / "all-test-images"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(test.images):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(image[0].numpy(), mode="L").save(paths[-1])
+    weights, meta = download_model_files(trained.tracker, model_of_run(client, run_id), trained.folder / "dl-all")
+    assert json.loads(meta.read_text())["preprocessing"] == {"kind": "resize", "in_chans": 1, "size": 28}
+    predicted = champion.Classifier(weights, meta).probabilities(paths).argmax(1)
+    top1 = 100 * (predicted == test.labels).sum().item() / len(test.labels)
+    assert top1 == pytest.approx(client.get_run(run_id).data.metrics["top1"], abs=1e-9)

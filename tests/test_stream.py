@@ -100,7 +100,7 @@ def ids_loop(config):
     from pipeline.training.harness import worker_setup
     from pipeline.training.loop import make_batches
 
-    hp, rank, world_size, device, autocast = worker_setup(1, config.train)
+    rank, world_size, device, autocast = worker_setup(1, config.recipe.precision)
     train, val, test = make_batches(config, rank, world_size, device)
     out = {"steps": train.steps_per_epoch, "dropped": train.dropped_per_epoch,
            "node": ray.get_runtime_context().get_node_id()}
@@ -340,3 +340,48 @@ def test_an_image_folder_streams_through_the_same_decode(tmp_path):
     out = decode_batch(batch, split, transform, 3, None, 0)
     assert out["image"].shape == (4, 3, 16, 16) and out["id"].tolist() == [1, 2, 3, 4]
     assert out["label"].tolist() == [0, 0, 1, 1] and out["image"][0].mean() < 80 < out["image"][3].mean()
+
+
+def test_predict_on_the_test_images_reproduces_the_reported_top1_of_a_streamed_model(ray_cluster, shards, workdir):
+    """A model trained on a streamed set is evaluated on images resized to size / crop_pct and center-cropped;
+    its logged model's predict on the test split's JPEG bytes gives the run's top-1 exactly, where squashing
+    each image to the model's size (what serving did before) gives other probabilities."""
+    import pyarrow.parquet as pq
+    from rich.console import Console
+
+    from pipeline.data.augment import normalize
+    from pipeline.data.preprocess import eval_preprocessing
+    from pipeline.engine import workflow
+    from pipeline.results.champion import Classifier
+    from pipeline.spec.loading import parse_spec
+    from pipeline.tracking.logged_models import download_model_files, model_of_run
+    from pipeline.tracking.store import Tracker
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    spec = parse_spec({
+        "name": "streamed-predict", "models": ["resnet20"], "stages": ["train"],
+        "data": {"name": "huggingface", "path": str(shards), "test_split": "validation", "streaming": True,
+                 "image_size": 16, "val_fraction": 0.1},
+        "train": {"epochs": 1, "batch_size": 64, "warmup_epochs": 0, "precision": "fp32",
+                  "transforms": {"crop_pct": 0.875}},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0},
+        "tracking": {"uri": uri}, "storage_path": str(workdir / "checkpoints")})
+    context = workflow.run(spec, Console(file=open(os.devnull, "w")))
+    assert not context.failures, context.failure_summary()
+    run_id = context.outputs["train"]["resnet20"]["run_id"]
+    tracker = Tracker(uri)
+    weights, meta = download_model_files(tracker, model_of_run(tracker.client, run_id), workdir / "model")
+    classifier = Classifier(weights, meta)
+    assert classifier.meta["preprocessing"]["kind"] == "timm_eval" and classifier.meta["preprocessing"]["crop_pct"] < 1
+    table = pq.read_table(sorted((shards / "data").glob("validation-*.parquet")))
+    blobs, labels = [row["bytes"] for row in table.column("image").to_pylist()], torch.tensor(table.column("label").to_pylist())
+    probabilities = torch.cat([classifier.probabilities(blobs[i:i + 64]) for i in range(0, len(blobs), 64)])
+    top1 = 100 * (probabilities.argmax(1) == labels).sum().item() / len(labels)
+    assert top1 == pytest.approx(tracker.client.get_run(run_id).data.metrics["top1"], abs=1e-9)
+    from pipeline.data.preprocess import eval_images
+
+    squashed = eval_images(blobs[:64], eval_preprocessing(3, 16))
+    meta_ = classifier.meta
+    with torch.no_grad():
+        other = classifier.model(normalize(squashed, torch.tensor(meta_["mean"]), torch.tensor(meta_["std"]))).softmax(1)
+    assert not torch.allclose(other, probabilities[:64], atol=1e-4)

@@ -163,3 +163,13 @@ def test_max_concurrent_units_bounds_how_many_units_train_at_once(ray_cluster, w
     spans = sorted((runs[0].info.start_time, runs[0].info.end_time) for runs in units.values())
     assert len(spans) == 3
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+def test_the_spec_description_is_shown_on_the_first_line_and_kept_on_the_workflow_run(workdir):
+    spec = parse_spec({"name": "described", "description": "Tiny [check] of descriptions.\nMore detail.",
+                       "stages": ["leaderboard"], "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}})
+    output = io.StringIO()
+    context = workflow.run(spec, Console(file=output, width=200))
+    assert output.getvalue().splitlines()[0].startswith("described (Tiny [check] of descriptions.): 1 unit(s)")
+    tags = MlflowClient(spec.tracking.uri).get_run(context.parent_run_id).data.tags
+    assert tags["description"] == spec.description

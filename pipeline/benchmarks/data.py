@@ -1,6 +1,7 @@
 """`pipeline benchmark data`: streamed decoding through Ray Data against a DataLoader."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -161,15 +162,14 @@ def _data_wait(root: Path, images: int, cores: int) -> float:
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0}})
     entry = spec.models[0]
     config, _ = worker_config(RunContext(spec), entry, spec.train, spec.data, 1, entry.name)
-    train = config.stream["train"]
+    train = config.stream.train
     keep = []  # the first pieces, about `images` images: the model, not the data, bounds the run's length
     for piece in train.pieces:
         if sum(p[-1] - p[-2] for p in keep) >= images:
             break
         keep.append(piece)
-    config.stream["train"] = type(train)(train.name, train.kind, tuple(keep), train.image_column, train.label_column,
-                                         train.classes)
-    config.evaluate_test = False
+    train = type(train)(train.name, train.kind, tuple(keep), train.image_column, train.label_column, train.classes)
+    config = dataclasses.replace(config, stream=dataclasses.replace(config.stream, train=train), evaluate_test=False)
     result = fit(train_loop_per_worker, config, spec.resources, tempfile.mkdtemp(prefix="data-wait-"), f"data-wait-{int(time.time())}")
     if result.error:
         raise result.error

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from models.clip import create_model
 from pipeline.clip.data import ImageInput
+from pipeline.scoring import topk_hits, topk_scores
 
 
 @torch.no_grad()
@@ -58,12 +59,9 @@ def zero_shot_classifier(model, tokenizer, classes: list[str], templates: list[s
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Top-1, top-5 (and their errors) and mean per-class recall, in %."""
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    hits = top == labels[:, None]
-    top1, top5 = 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
-    recalls = [hits[labels == c, 0].float().mean().item() for c in labels.unique()]
-    return {"top1": top1, "top1_err": 100 - top1, "top5": top5, "top5_err": 100 - top5,
-            "mean_class_recall": 100 * sum(recalls) / len(recalls)}
+    hits = topk_hits(logits, labels, k=1)[:, 0]
+    recalls = [hits[labels == c].float().mean().item() for c in labels.unique()]
+    return {**topk_scores(logits, labels), "mean_class_recall": 100 * sum(recalls) / len(recalls)}
 
 
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -38,6 +39,7 @@ class ClipWorkerConfig:
     threads: int = 1
     progress: Any = None  # set by `fit`
     label: str = ""
+    system_metrics: bool = True  # each node's CPU, memory and GPU use, sent through the relay
 
 
 def contrastive_loss(model, loss_fn, images: torch.Tensor, tokens: torch.Tensor,
@@ -61,15 +63,19 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
     from pipeline.data.batches import TensorBatches
     from pipeline.data.captions import heldout_pairs
     from pipeline.training.harness import (
-        Events,
         all_reduce_sum,
-        load_checkpoint,
+        checkpoint_state,
         report,
+        resume,
+        seed_epoch,
+        start_events,
         unwrap,
         worker_setup,
     )
 
-    hp, rank, world_size, device, autocast = worker_setup(config.threads, config.train)
+    hp = SimpleNamespace(**config.train)
+    rank, world_size, device, autocast = worker_setup(config.threads, hp.precision)
+    events, sampler = start_events(config, rank)
 
     data: PairData = ray.get(config.data_ref)
     batches = TensorBatches(data.train.as_tensors(), rank, world_size, hp.batch_size, device, hp.seed)
@@ -88,15 +94,7 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=hp.epochs, warmup_epochs=hp.warmup_epochs,
                                        min_lr=hp.min_lr, step_on_epochs=False, updates_per_epoch=steps)
 
-    start_epoch, history = 0, []
-    if (state := load_checkpoint()) is not None:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"], state["history"]
-    events = Events(config) if rank == 0 else None
-    if events and state is not None:
-        events.resumed(start_epoch, history)
+    start_epoch, history = resume(events, model=unwrap(model), optimizer=optimizer, scheduler=scheduler)
 
     heldout_index, heldout_captions, heldout_groups = heldout_pairs(data.heldout, hp.heldout_pairs, hp.seed)
     budget_s = hp.time_limit_min * 60 if hp.time_limit_min else None
@@ -108,6 +106,7 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         model.train()
         started = time.perf_counter()
         # Seeded per epoch and rank: a restarted worker draws the same captions and shifts again.
+        seed_epoch(hp.seed, epoch, rank)
         generator = torch.Generator().manual_seed(hp.seed * 100_003 + epoch * 101 + rank)
         loss_sum, seen = torch.zeros((), device=device), 0
         last_event = started
@@ -162,11 +161,12 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         metrics["epoch_time_s"] = time.perf_counter() - started
         spent_s += metrics["epoch_time_s"]
         history.append(metrics)
-        report(metrics, {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history,
-                         "model_name": config.model} if rank == 0 else None)
+        report(metrics, checkpoint_state(rank, epoch + 1, history, model=unwrap(model), optimizer=optimizer,
+                                         scheduler=scheduler, model_name=config.model))
         if events:
             events("epoch", metrics=metrics)
+    if sampler is not None:
+        sampler.stop()
 
 
 def _slowest_clock(seconds: float, device) -> float:

@@ -12,6 +12,13 @@ from rich.table import Table
 
 
 def epoch_line(m: dict) -> str:
+    """The per-epoch line of a training run: classification (train and validation scores) or contrastive
+    pretraining (loss, temperature, held-out retrieval)."""
+    if "temperature" in m:
+        zero_shot = f" | val zero-shot top-1 {m['val_zero_shot_top1']:.2f}%" if "val_zero_shot_top1" in m else ""
+        return (f"epoch {int(m['epoch'])}: loss {m['train_loss']:.4f} temperature {m['temperature']:.4f} | held-out "
+                f"R@1 i2t {m['i2t_r1']:.1f}% t2i {m['t2i_r1']:.1f}%, R@5 i2t {m['i2t_r5']:.1f}% t2i {m['t2i_r5']:.1f}%"
+                f"{zero_shot} | {m['samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
     val = (f"val loss {m['val_loss']:.4f} top-1 {m['val_top1']:.2f}% top-5 {m['val_top5']:.2f}%"
            if "val_loss" in m else "no validation split")
     return (f"epoch {int(m['epoch'])}: train loss {m['train_loss']:.4f} acc {m['train_top1']:.2f}% | {val} | "
@@ -41,7 +48,7 @@ class WorkflowDisplay:
         with self._lock:
             self.console.print(*objects, **kwargs)
 
-    def handler(self, unit: str, epochs: int, line: Callable[[dict], str] = epoch_line) -> Callable[[dict], None]:
+    def handler(self, unit: str, epochs: int) -> Callable[[dict], None]:
         """The events of one unit's rank 0, shown as its live row and as printed lines."""
         with self._lock:
             self.rows[unit] = {"epoch": f"0/{epochs}", "state": "starting workers", "started": time.time()}
@@ -63,7 +70,7 @@ class WorkflowDisplay:
                 row.update(epoch=f"{int(m['epoch'])}/{epochs}", state="evaluating" if int(m["epoch"]) == epochs
                            else "training", loss=f"{m['train_loss']:.4f}",
                            acc=f"{m.get('val_top1', m.get('train_top1', float('nan'))):.2f}%")
-                self.print(f"[bold]{unit}[/] {line(m)}")
+                self.print(f"[bold]{unit}[/] {epoch_line(m)}")
             elif kind == "resumed":  # before any step: a resumed run's first workers; later: a restart
                 how = "continues" if row["state"] == "starting workers" else "workers restarted: resuming"
                 self.print(f"[bold yellow]{unit}[/] {how} from its checkpoint after epoch {event['epoch']}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.engine import registry
 from pipeline.engine.context import RunContext
@@ -96,7 +97,11 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     context.parent_run_id = tracker.start_run(
         context.experiment_id, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         params={"spec": spec.name, "stages": ",".join(spec.stages)},
-        tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name})
+        tags={"spec": spec.name, "stage": "workflow", "dataset": spec.data.name,
+              # The spec's description: a tag of its own, and the run's Description until the leaderboard is
+              # published into it (pipeline/results/publish.py).
+              **({"description": spec.description, "mlflow.note.content": spec.description}
+                 if spec.description else {})})
     engine.hold(context.parent_run_id, "workflow")
     tracker.log_text(context.parent_run_id, context.spec_yaml, "spec.yaml")
     if any(u.uses_data for u in to_run):  # the data set, in the runs table's Dataset column of the workflow run
@@ -104,7 +109,8 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
 
         log_spec_datasets(context, context.parent_run_id)
     closed = engine.close_orphans(keep=True)
-    context.console.print(f"[bold]{spec.name}[/]: {len(engine.units)} unit(s), experiment '{spec.experiment_name}' "
+    about = f" ({escape(spec.description.strip().splitlines()[0])})" if spec.description.strip() else ""
+    context.console.print(f"[bold]{spec.name}[/]{about}: {len(engine.units)} unit(s), experiment '{spec.experiment_name}' "
                           f"in {tracker.display_uri} (run {context.parent_run_id})"
                           + (f"; {closed} run(s) of a dead driver marked killed" if closed else ""))
     beat = threading.Thread(target=engine.heartbeat, daemon=True)

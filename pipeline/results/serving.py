@@ -33,14 +33,14 @@ class Classifier:
         self.model.eval()
 
     def preprocess(self, images) -> torch.Tensor:
-        """Channels, size and normalization as the training data got them (pipeline.data)."""
-        from PIL import Image
-
+        """The evaluation's preprocessing recorded in model.json (`pipeline.data.preprocess`), then the
+        normalization of training; a model logged before that record resizes whole images."""
         from pipeline.data.augment import normalize
-        from pipeline.data.huggingface import decode_images
+        from pipeline.data.preprocess import eval_images, eval_preprocessing
 
-        opened = [image if isinstance(image, Image.Image) else Image.open(image) for image in images]
-        pixels = decode_images(opened, self.meta["in_chans"], self.meta["image_size"])
+        preprocessing = self.meta.get("preprocessing") or eval_preprocessing(self.meta["in_chans"],
+                                                                            self.meta["image_size"])
+        pixels = eval_images(images, preprocessing)
         return normalize(pixels, torch.tensor(self.meta["mean"]), torch.tensor(self.meta["std"]))
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ from pipeline.errors import PipelineError
 from pipeline.spec import names
 from pipeline.spec.clip import ClipConfig
 from pipeline.spec.hints import _did_you_mean, _first_error
+from pipeline.spec.options import check_options
 from pipeline.spec.sections import (
     DataConfig,
     EnsembleConfig,
@@ -105,6 +106,7 @@ class Spec(Strict):
             train = self.train_config(entry)
             try:
                 train.batch_plan(self.resources_for(entry).num_workers)
+                check_options(self.data, train)
             except PipelineError as exc:
                 raise ValueError(f"models[{entry.name}]: {exc}") from None
         return self

@@ -70,8 +70,10 @@ class SweepConfig(Strict):
     @field_validator("space")
     @classmethod
     def _train_fields(cls, space: dict[str, SearchParam]) -> dict[str, SearchParam]:
-        known = list(TrainConfig.model_fields)
+        known = [name for name in TrainConfig.model_fields if name != "transforms"]
         for name, param in space.items():
+            if name == "transforms":  # a stream's transforms are resolved once per sweep, not per trial
+                raise ValueError("sweep.space cannot search train.transforms: set them in train.transforms")
             if name not in known:
                 raise ValueError(f"'{name}' is not a field of the train section"
                                  f"{_did_you_mean(name, known)}; known: {', '.join(known)}")

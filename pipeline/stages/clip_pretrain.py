@@ -16,14 +16,6 @@ from pipeline.errors import PipelineError, UnitFailed
 STAGE = "clip_pretrain"
 
 
-def epoch_line(m: dict) -> str:
-    """Per-epoch line of contrastive pretraining (loss, temperature, retrieval)."""
-    zero_shot = f" | val zero-shot top-1 {m['val_zero_shot_top1']:.2f}%" if "val_zero_shot_top1" in m else ""
-    return (f"epoch {int(m['epoch'])}: loss {m['train_loss']:.4f} temperature {m['temperature']:.4f} | held-out "
-            f"R@1 i2t {m['i2t_r1']:.1f}% t2i {m['t2i_r1']:.1f}%, R@5 i2t {m['i2t_r5']:.1f}% t2i {m['t2i_r5']:.1f}%"
-            f"{zero_shot} | {m['samples_per_sec']:,.0f} img/s, {m['epoch_time_s']:.1f} s")
-
-
 def build_pairs(context: RunContext, tokenizer, image_size: int):
     """PairData for the workers, and the images' normalization (mean, std)."""
     import torch
@@ -128,8 +120,8 @@ def run_unit(job: Job) -> dict[str, Any]:
         model=config.model, pretrained=config.pretrained, model_kwargs=config.model_kwargs,
         train=config.train.model_dump(), data_ref=ray.put(data), image_input=image_input,
         max_shift=spec.data.max_shift if spec.data.augment else 0, threads=spec.resources.threads,
-        label=job.unit.name)
-    show = context.display.handler(job.unit.name, config.train.epochs, epoch_line) if context.display else None
+        label=job.unit.name, system_metrics=spec.tracking.system_metrics)
+    show = context.display.handler(job.unit.name, config.train.epochs) if context.display else None
     writer = RunWriter(tracker, run_id, started_at=time.time(), show=show)
     result = fit(pretrain_loop_per_worker, worker_config, spec.resources, storage_of(spec), job.train_name,
                  on_event=writer)

@@ -18,6 +18,7 @@ from pipeline.engine.context import Job, RunContext
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
+from pipeline.scoring import topk_scores
 
 PROBS = "predictions/test_probs.pt"
 LABELS = "predictions/test_labels.pt"
@@ -30,14 +31,6 @@ class Member:
     run_id: str
     probs: torch.Tensor  # float32 (N, classes)
     labels: torch.Tensor | None
-
-
-def scores(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1 and top-5 accuracy and error (%), scored as the training loop scores them."""
-    top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
-    hits = top5 == labels[:, None]
-    top1, top5_acc = 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
-    return {"top1": top1, "top1_err": 100 - top1, "top5": top5_acc, "top5_err": 100 - top5_acc}
 
 
 def has_predictions(client, run_id: str) -> bool:
@@ -114,9 +107,9 @@ def build_ensemble(tracker, experiment: str, members_spec: list[str], top_k: int
         raise PipelineError(f"ensemble members {', '.join(m.model for m in members)} were not evaluated on the same "
                             f"test set (probabilities {sorted(shapes)}): ensemble runs of one data set and split")
     probs = torch.stack([m.probs for m in members]).mean(0)
-    metrics = scores(probs, labels)
+    metrics = topk_scores(probs, labels)
     # Members are scored here the same way (from their saved probabilities) so the gain compares like with like.
-    singles = {m.model: scores(m.probs, labels) for m in members}
+    singles = {m.model: topk_scores(m.probs, labels) for m in members}
     # The gain is over the member validation would have picked alone (the test set picks nothing).
     from pipeline.results.leaderboard import selection_error
 

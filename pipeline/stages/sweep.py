@@ -92,7 +92,7 @@ def run_unit(job: Job, entry) -> dict[str, Any]:
     worker, _ = worker_config(context, entry, spec.train_config(entry), spec.data, spec.sweep.resources.threads,
                               job.unit.name, evaluate_test=False, resources=spec.sweep.resources)
     setup = TrialSetup(
-        worker=worker, base_train=base_train, resources=spec.sweep.resources, tracking_uri=tracker.uri,
+        worker=worker, base_train=base_train, data=spec.data, resources=spec.sweep.resources, tracking_uri=tracker.uri,
         experiment_id=context.experiment_id, sweep_run_id=job.run_id, sweep_key=key,
         train_storage=f"{storage_of(spec).rstrip('/')}/sweep-trials",
         tags={"model": entry.name, "family": family_of(entry.name), "dataset": spec.data.name, "spec": spec.name})

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.data.augment import Augment
+from pipeline.scoring import topk_hits
 from pipeline.training.harness import all_reduce_sum, unwrap
 
 
@@ -39,8 +40,7 @@ def evaluate(model: nn.Module, batches, augment: Augment, criterion, device, aut
         if probabilities is not None:
             probabilities.append(logits.softmax(1).cpu())
         loss_sum += criterion(logits, labels).item() * len(labels)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5 == labels[:, None]
+        hits = topk_hits(logits, labels)
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
         count += len(labels)

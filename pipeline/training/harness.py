@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -101,22 +100,63 @@ def load_checkpoint() -> dict[str, Any] | None:
     return None if checkpoint is None else read_state(checkpoint)
 
 
-def worker_setup(threads: int, train: dict[str, Any]):
-    """What every training loop starts with: CPU threads, hyperparameters, rank, world size, device,
-    and an autocast context (bf16 on GPU with precision 'auto', or wherever precision is 'bf16')."""
+def worker_setup(threads: int, precision: str):
+    """What every training loop starts with: CPU threads, rank, world size, device, and an autocast context
+    (bf16 on GPU with precision 'auto', or wherever precision is 'bf16')."""
     import ray.train
     import ray.train.torch
 
     torch.set_num_threads(threads)
-    hp = SimpleNamespace(**train)
     context = ray.train.get_context()
     device = ray.train.torch.get_device()
-    use_bf16 = hp.precision == "bf16" or (hp.precision == "auto" and device.type == "cuda")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    return hp, context.get_world_rank(), context.get_world_size(), device, autocast
+    return context.get_world_rank(), context.get_world_size(), device, autocast
+
+
+def start_events(config, rank: int):
+    """(rank 0's Events or None, this node's system-metrics sampler or None) of a loop whose config has
+    `progress`, `label` and `system_metrics`."""
+    from pipeline.tracking.system_metrics import start_for_worker
+
+    sampler = start_for_worker(Events(config) if config.progress is not None else None, config.system_metrics)
+    return (Events(config) if rank == 0 else None), sampler
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> int:
+    """Seed torch's and numpy's random streams (dropout, drop-path, timm's Mixup) for one epoch of one rank,
+    so a run resumed from an epoch's checkpoint follows the path an uninterrupted one takes; returns the seed."""
+    import numpy as np
+
+    value = seed * 1_000_003 + epoch * 1009 + rank
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    return value
+
+
+def resume(events: Events | None, **parts) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch to train, history so far): the latest checkpoint's, loaded into `parts` (each a name of the
+    saved state and an object with `load_state_dict`, or None), or (0, []) on a fresh start."""
+    if (state := load_checkpoint()) is None:
+        return 0, []
+    for name, part in parts.items():
+        if part is not None and state.get(name) is not None:
+            part.load_state_dict(state[name])
+    if events:
+        events.resumed(state["epoch"], state["history"])
+    return state["epoch"], state["history"]
+
+
+def checkpoint_state(rank: int, epoch: int, history: list[dict[str, float]], **parts) -> dict[str, Any] | None:
+    """What rank 0 saves with an epoch's report: each part's state dict (None for a missing one), the epoch
+    and the history; the other ranks save nothing."""
+    if rank != 0:
+        return None
+    return {**{name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()},
+            "epoch": epoch, "history": history}
 
 
 def fit(loop, config, resources, storage_path: str, run_name: str, on_event=None, callbacks: list | None = None):

@@ -7,14 +7,24 @@ from pipeline.data.fingerprint import data_fingerprint
 from pipeline.engine.context import RunContext
 from pipeline.engine.keys import model_code
 from pipeline.errors import PipelineError
+from pipeline.spec.options import check_options
 from pipeline.spec.schema import Spec
 from pipeline.spec.sections import DataConfig, ModelEntry, TrainConfig
+from pipeline.training.config import (
+    Mixing,
+    Optimization,
+    Recipe,
+    Stream,
+    TensorAugment,
+    WorkerConfig,
+)
 
 # The code a trained network depends on (a unit's key hashes it, with its model's module): the driver's
 # recipe and unit, the harness, the worker loop and its evaluation, and the data path.
 TRAINING_CODE = ("pipeline/training/config.py", "pipeline/training/evaluation.py", "pipeline/training/harness.py",
-                 "pipeline/training/loop.py", "pipeline/training/recipe.py", "pipeline/training/relay.py",
-                 "pipeline/training/unit.py", "pipeline/data")
+                 "pipeline/training/learning_rate.py", "pipeline/training/loop.py", "pipeline/training/mixing.py",
+                 "pipeline/training/recipe.py", "pipeline/training/relay.py", "pipeline/training/unit.py",
+                 "pipeline/scoring.py", "pipeline/data")
 
 
 def training_code(model: str, *more: str) -> tuple[str, ...]:
@@ -95,30 +105,53 @@ def data_shape(context: RunContext, data: DataConfig) -> dict[str, Any]:
             "hflip": info.hflip, "stream": stream, "test_labels": None}
 
 
+def resolve_recipe(train: TrainConfig, world_size: int) -> Recipe:
+    """The train section as a worker uses it on `world_size` workers: micro-batch, accumulation and the
+    scaled lr from `TrainConfig.batch_plan`, every other option as given. Sweep trials call it too."""
+    plan = train.batch_plan(world_size)
+    optim = Optimization(
+        optimizer=train.optimizer, lr=plan["lr"], weight_decay=train.weight_decay, momentum=train.momentum,
+        scheduler=train.scheduler, warmup_epochs=train.warmup_epochs, min_lr=train.min_lr,
+        decay_epochs=train.decay_epochs, decay_milestones=tuple(train.decay_milestones),
+        decay_rate=train.decay_rate, grad_clip=train.grad_clip, micro_batch=plan["micro_batch"],
+        grad_accum_steps=plan["grad_accum_steps"], global_batch=plan["global_batch"])
+    mixing = Mixing(mixup=train.mixup, cutmix=train.cutmix, prob=train.mixup_prob,
+                    switch_prob=train.mixup_switch_prob) if train.mixup or train.cutmix else None
+    return Recipe(epochs=train.epochs, seed=train.seed, optim=optim, mixing=mixing,
+                  label_smoothing=train.label_smoothing, ema_decay=train.ema_decay, precision=train.precision,
+                  channels_last=train.channels_last, compile=train.compile,
+                  eval_test_every_epoch=train.eval_test_every_epoch)
+
+
 def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
-                  label: str, evaluate_test: bool = True, resources=None):
+                  label: str, evaluate_test: bool = True, resources=None) -> tuple[WorkerConfig, dict[str, Any]]:
     """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks); `resources`
     are the run's (default: the spec's for the entry), which fix the world size of the global batch."""
-    from pipeline.training.config import WorkerConfig
-
+    check_options(data, train)
     shape = data_shape(context, data)
     if resources is None:
         resources = context.spec.resources_for(entry) if entry in context.spec.models else context.spec.resources
-    mean, std, stream = tuple(shape["mean"]), tuple(shape["std"]), shape["stream"]
-    if stream:  # timm's transforms for this model, run by the stream's Ray Data tasks
+    mean, std, stream = tuple(shape["mean"]), tuple(shape["std"]), None
+    augment = TensorAugment(hflip=bool(shape["hflip"] and data.augment), max_shift=data.max_shift if data.augment else 0)
+    if shape["stream"]:  # timm's transforms for this model, run by the stream's Ray Data tasks
         from pipeline.data.transforms import resolve_transforms
 
         transforms = resolve_transforms(entry.name, train.transforms.model_dump(), shape["image_size"],
                                         shape["in_chans"], mean, std, shape["hflip"])
+        if not data.augment:  # training images get the evaluation transform: no random crop, flip or colour
+            transforms = {**transforms, "train": transforms["eval"]}
         mean, std = transforms["mean"], transforms["std"]
         train_cpus = resources.num_workers * resources.cpus_per_worker
         check_decode_cpus(train_cpus)
-        stream = {**stream, "transforms": transforms, "train_cpus": train_cpus}
+        val_every = max(2, round(1 / data.val_fraction)) if data.val_fraction else 0
+        stream = Stream(train=shape["stream"]["train"], test=shape["stream"]["test"], transforms=transforms,
+                        val_every=val_every, train_cpus=train_cpus)
+        augment = TensorAugment(hflip=False, max_shift=0)
     config = WorkerConfig(
-        model=entry.name, model_kwargs=entry.kwargs, train=train.model_dump(), data=data.model_dump(),
-        num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=mean,
-        std=std, hflip=shape["hflip"], threads=threads, splits_ref=context.splits_ref(data),
-        stream=stream, label=label, evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics)
+        model=entry.name, model_kwargs=entry.kwargs, recipe=resolve_recipe(train, resources.num_workers),
+        num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=tuple(mean), std=tuple(std),
+        augment=augment, threads=threads, splits_ref=context.splits_ref(data), stream=stream, label=label,
+        evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics)
     return config, shape
 
 

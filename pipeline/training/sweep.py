@@ -20,9 +20,12 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.spec.sections import ResourcesConfig, TrainConfig
+from pipeline.spec.options import check_options
+from pipeline.spec.sections import DataConfig, ResourcesConfig, TrainConfig
 from pipeline.spec.sweep import SweepConfig
 from pipeline.tracking.queries import find_runs, kill_runs
+from pipeline.training.config import WorkerConfig
+from pipeline.training.recipe import resolve_recipe
 
 TRIAL_KEY = "trial_key"
 SWEEP_KEY = "sweep_key"
@@ -32,8 +35,9 @@ SWEEP_KEY = "sweep_key"
 class TrialSetup:
     """What every trial of one model's sweep shares; pickled into the Tune experiment."""
 
-    worker: Any  # pipeline.training.config.WorkerConfig; train and run_id are filled per trial
+    worker: WorkerConfig  # its recipe is resolved again per trial, from base_train and the trial's values
     base_train: dict[str, Any]  # the model's train section, before the trial's own values
+    data: DataConfig
     resources: ResourcesConfig  # per trial
     tracking_uri: str
     experiment_id: str
@@ -130,9 +134,11 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     tracker = Tracker(setup.tracking_uri)
     run_id = trial_run(tracker, setup, trial_id, config, {**setup.base_train, **config})
-    train = TrainConfig.model_validate({**setup.base_train, **config}).model_dump()  # a failure ends the trial
-    worker = dataclasses.replace(setup.worker, train=train, evaluate_test=False,
-                                 label=f"{setup.tags['model']}-{trial_id}")
+    # The trial's values, resolved as the driver resolves a unit's (a failure ends the trial).
+    train = TrainConfig.model_validate({**setup.base_train, **config})
+    check_options(setup.data, train)
+    worker = dataclasses.replace(setup.worker, recipe=resolve_recipe(train, setup.resources.num_workers),
+                                 evaluate_test=False, label=f"{setup.tags['model']}-{trial_id}")
     # The Train run's name is the trial's: a restored trial resumes from its own latest checkpoint.
     # This trial process is the trial run's MLflow writer, as the driver is for a unit's run.
     result = fit(train_loop_per_worker, worker, setup.resources, setup.train_storage, f"{setup.sweep_key}-{trial_id}",

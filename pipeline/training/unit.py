@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.preprocess import eval_preprocessing
 from pipeline.engine.context import Job, RunContext, storage_of
 from pipeline.errors import UnitFailed
 from pipeline.spec.sections import DataConfig, ModelEntry, TrainConfig
@@ -99,6 +100,8 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
     model_id = _log_model(job, entry.name, result.checkpoint, state, {
         "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(shape["classes"]),
         "classes": shape["classes"], "in_chans": shape["in_chans"], "image_size": shape["image_size"],
-        "mean": list(config.mean), "std": list(config.std)},
+        "mean": list(config.mean), "std": list(config.std),
+        "preprocessing": eval_preprocessing(shape["in_chans"], shape["image_size"],
+                                            config.stream.transforms["eval"] if config.stream else None)},
         {k: v for k, v in summary.items() if k in TEST_METRICS + VAL_METRICS}, data, shape["test_labels"])
     return {"run_id": job.run_id, "model_id": model_id, "metrics": {**result.metrics, **summary}}
