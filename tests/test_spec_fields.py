@@ -139,6 +139,7 @@ CHANGES = {
     "clip.train.grad_clip": ("unit", CLIP, 1.0, {}),
     "clip.train.precision": ("unit", CLIP, "fp32", {}),
     "clip.train.seed": ("unit", CLIP, 1, {}),
+    "seeds": ("unit", MEMORY, [0, 1], {}),
 }
 
 # Fields refused in one line where they cannot apply: (base spec, value, other fields, words of the error).
@@ -229,7 +230,8 @@ def received(tree: dict):
     context.splits_ref = lambda data=None: digest(context.splits(data))
     units = registry.plan(context)
     entries = dict(named_entries(spec))
-    workers = [worker_config(context, entries[u.model], spec.train_config(entries[u.model]), spec.data,
+    entry_of = {u.name: entries[u.model.partition("@seed")[0]] for u in units if u.stage == "train"}
+    workers = [worker_config(context, entry_of[u.name], spec.train_config(entry_of[u.name]), spec.data,
                              u.resources.threads, u.name, resources=u.resources)[0]
                for u in units if u.stage == "train"]
     planned = [(u.name, u.stage, json.dumps(u.identity, sort_keys=True, default=str), repr(u.resources), u.parallel,
