@@ -12,6 +12,7 @@ import typing
 import pydantic
 import pytest
 
+import models  # noqa: F401  (the zoo in timm's registry, as in every run: the workers build from it)
 from pipeline.data.stream import write_jpeg_shards
 from pipeline.engine import registry
 from pipeline.engine.context import RunContext
@@ -48,7 +49,9 @@ CHANGES = {
     "data.max_shift": ("worker", MEMORY, 4, {}),
     "data.synthetic_size": ("worker", MEMORY, 60, {}),
     "data.seed": ("worker", MEMORY, 1, {}),
-    "data.name": ("worker", STREAM, "cifar10", {"data.image_column": "image"}),
+    # Over a local folder the name picks the catalog's defaults (columns, normalization, flips); the model's own
+    # normalization wins on streamed sets, so what changes is the unit's data identity.
+    "data.name": ("unit", STREAM, "cifar10", {"data.image_column": "image"}),
     "models[].name": ("worker", MEMORY, "resnet20", {}),
     "models[].kwargs": ("worker", MEMORY, {"drop_rate": 0.1}, {}),
     "models[].train": ("worker", MEMORY, {"lr": 0.01}, {}),
