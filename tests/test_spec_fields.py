@@ -48,7 +48,7 @@ CHANGES = {
     "data.max_shift": ("worker", MEMORY, 4, {}),
     "data.synthetic_size": ("worker", MEMORY, 60, {}),
     "data.seed": ("worker", MEMORY, 1, {}),
-    "data.name": ("worker", STREAM, "cifar10", {"data.image_column": "image"}),
+    "data.name": ("worker", MEMORY, "huggingface", {"data.path": "<shards>", "data.test_split": "validation"}),
     "models[].name": ("worker", MEMORY, "resnet20", {}),
     "models[].kwargs": ("worker", MEMORY, {"drop_rate": 0.1}, {}),
     "models[].train": ("worker", MEMORY, {"lr": 0.01}, {}),
