@@ -49,9 +49,8 @@ CHANGES = {
     "data.max_shift": ("worker", MEMORY, 4, {}),
     "data.synthetic_size": ("worker", MEMORY, 60, {}),
     "data.seed": ("worker", MEMORY, 1, {}),
-    # Over a local folder the name picks the catalog's defaults (columns, normalization, flips); the model's own
-    # normalization wins on streamed sets, so what changes is the unit's data identity.
-    "data.name": ("unit", STREAM, "cifar10", {"data.image_column": "image"}),
+    "data.name": ("worker", {**MEMORY, "data": {"name": "huggingface", "path": "<shards>", "test_split": "validation",
+                                                "image_column": "image"}}, "cifar10", {}),
     "models[].name": ("worker", MEMORY, "resnet20", {}),
     "models[].kwargs": ("worker", MEMORY, {"drop_rate": 0.1}, {}),
     "models[].train": ("worker", MEMORY, {"lr": 0.01}, {}),
@@ -292,6 +291,10 @@ def test_a_field_that_cannot_apply_is_refused_in_one_line(field, folders):
      "train.scheduler plateau"),
     (with_field(SWEEP, "sweep.space", {"transforms": {"type": "choice", "values": [{}]}}),
      "cannot search train.transforms"),
+    (with_field(MEMORY, "data.path", "/somewhere"), "data.path does not apply to data set 'synthetic'"),
+    (with_field(MEMORY, "data.test_split", "validation"), "data.test_split does not apply"),
+    (with_field(MEMORY, "data.streaming", True), "data.streaming does not apply"),
+    (with_field(STREAM, "data.synthetic_size", 100), "data.synthetic_size does not apply"),
 ])
 def test_options_a_data_path_would_ignore_are_refused_at_validation(tree, words, folders):
     with pytest.raises(PipelineError) as error:

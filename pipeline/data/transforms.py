@@ -17,6 +17,8 @@ def resolve_transforms(model: str, options: dict[str, Any], image_size: int, in_
     import timm
     from timm.data import resolve_data_config
 
+    import models  # noqa: F401  (the zoo's models and their configs, registered in timm's registry)
+
     cfg = timm.models.get_pretrained_cfg(model)
     cfg = cfg.to_dict() if cfg is not None else {}
     if len(cfg.get("mean") or ()) != in_chans:

@@ -44,6 +44,16 @@ class DataConfig(Strict):
     def _source_given(self):
         if self.name == "huggingface" and not self.path:
             raise ValueError("data set 'huggingface' needs data.path: a hub id or a local folder")
+        source = DATASETS[self.name].source
+        defaults = type(self).model_fields
+        # Options that the data set's loader never reads, refused rather than ignored.
+        unread = ["synthetic_size"] if source != "synthetic" else ["path"]
+        if source != "huggingface":
+            unread += ["image_column", "label_column", "train_split", "test_split", "streaming"]
+        for name in unread:
+            if getattr(self, name) not in (defaults[name].get_default(call_default_factory=True), False):
+                raise ValueError(f"data.{name} does not apply to data set '{self.name}' ({source} source): "
+                                 f"remove data.{name}")
         return self
 
 
