@@ -1,4 +1,4 @@
-"""The code a unit's result depends on, hashed into its key.
+"""Where a unit's key is computed: its stage, its identity and the code its result depends on, hashed.
 
 A unit names the source files its result depends on (its stage declares them: the training harness and
 loop, the data path, the model's own module...), and only those enter its key, as Prefect keys a task on
@@ -65,3 +65,8 @@ def unit_code(paths: tuple[str, ...]) -> str:
     files = tuple(p for p in paths if "==" not in p)
     releases = sorted(p for p in paths if "==" in p)
     return "+".join([code_digest(files), *releases])
+
+
+def unit_key(stage: str, identity, code: tuple[str, ...]) -> str:
+    """A unit's content key: a FINISHED run tagged with it is the unit's cached result."""
+    return digest({"stage": stage, "identity": identity, "code": unit_code(code)}, 24)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.engine.keys import unit_code
-from pipeline.hashing import digest
+from pipeline.engine.keys import unit_code, unit_key
 
 
 @dataclass
@@ -44,12 +43,16 @@ class Unit:
     key: str | None = None
 
     @property
+    def code_paths(self) -> tuple[str, ...]:
+        return self.code or (f"pipeline/stages/{self.stage}.py",)
+
+    @property
     def code_version(self) -> str:
-        return unit_code(self.code or (f"pipeline/stages/{self.stage}.py",))
+        return unit_code(self.code_paths)
 
     def resolve_key(self, outputs: dict[str, dict[str, Any]]) -> str:
         identity = self.identity if self.identify is None else self.identify(outputs)
-        self.key = digest({"stage": self.stage, "identity": identity, "code": self.code_version}, 24)
+        self.key = unit_key(self.stage, identity, self.code_paths)
         return self.key
 
     @property
