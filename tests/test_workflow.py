@@ -173,3 +173,6 @@ def test_the_spec_description_is_shown_on_the_first_line_and_kept_on_the_workflo
     assert output.getvalue().splitlines()[0].startswith("described (Tiny [check] of descriptions.): 1 unit(s)")
     tags = MlflowClient(spec.tracking.uri).get_run(context.parent_run_id).data.tags
     assert tags["description"] == spec.description
+    (workdir / "described.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True)))
+    validated = run_cli("validate", "described.yaml", cwd=workdir)
+    assert validated.stdout.startswith("ok: described (Tiny [check] of descriptions.): 0 model(s)"), validated.stdout

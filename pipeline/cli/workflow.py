@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.cli.app import (
     OnlyOption,
@@ -30,7 +31,8 @@ def validate(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[li
 
         for entry in loaded.models:
             check_model_kwargs(entry.name, entry.kwargs)
-    console.print(f"[green]ok[/]: {loaded.name}: {len(loaded.models)} model(s) on {loaded.data.name}, "
+    about = f" ({escape(loaded.description.strip().splitlines()[0])})" if loaded.description.strip() else ""
+    console.print(f"[green]ok[/]: {loaded.name}{about}: {len(loaded.models)} model(s) on {loaded.data.name}, "
                   f"stages {' -> '.join(loaded.stages)}")
 
 

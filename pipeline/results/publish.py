@@ -75,8 +75,9 @@ def publish_leaderboard(tracking_uri: str, experiment: str, run_id: str | None =
     text = description(board, model_ids)
     client.set_experiment_tag(board.experiment_id, NOTE_TAG, text)
     client.set_experiment_tag(board.experiment_id, KIND_TAG, MODEL_TRAINING)
-    if run_id:
-        client.set_tag(run_id, NOTE_TAG, text)
+    if run_id:  # the workflow run's Description: its spec's description, then the leaderboard
+        about = client.get_run(run_id).data.tags.get("description")
+        client.set_tag(run_id, NOTE_TAG, f"{about}\n\n{text}" if about else text)
     return board
 
 
