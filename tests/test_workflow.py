@@ -176,3 +176,27 @@ def test_the_spec_description_is_shown_on_the_first_line_and_kept_on_the_workflo
     (workdir / "described.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True)))
     validated = run_cli("validate", "described.yaml", cwd=workdir)
     assert validated.stdout.startswith("ok: described (Tiny [check] of descriptions.): 0 model(s)"), validated.stdout
+
+
+def test_torch_compile_and_channels_last_train_on_cpu_and_keep_a_plain_state_dict(ray_cluster, workdir):
+    """`train.compile` and `train.channels_last` on a tiny model, one epoch: the run trains through the compiled
+    model, and its LoggedModel's weights load into the plain network (no `_orig_mod.` keys)."""
+    import torch
+
+    from models._factory import build_model
+    from pipeline.tracking.logged_models import download_model_files
+    from pipeline.tracking.store import Tracker
+
+    spec = yaml.safe_load(write_spec(workdir, "wf-compile", ["lenet5"], epochs=1, size=100).read_text())
+    spec["train"].update(compile=True, channels_last=True)
+    spec["tracking"] = {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "wf-compile"}
+    context = workflow.run(parse_spec(spec), Console(file=io.StringIO(), width=200))
+    assert context.failures == []
+    output = context.outputs["train"]["lenet5"]
+    run = MlflowClient(spec["tracking"]["uri"]).get_run(output["run_id"])
+    assert run.data.params["train.compile"] == "True" and run.data.params["train.channels_last"] == "True"
+    assert 0 <= run.data.metrics["top1"] <= 100 and run.data.metrics["train_loss"] == run.data.metrics["train_loss"]
+    weights, _ = download_model_files(Tracker(spec["tracking"]["uri"]), output["model_id"], workdir / "model")
+    state = torch.load(weights, weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state)
+    build_model("lenet5", 10, 1).load_state_dict(state)  # strict: every key of the plain network
