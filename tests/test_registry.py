@@ -11,6 +11,7 @@ from PIL import Image
 from models._factory import build_model
 from pipeline.errors import PipelineError
 from pipeline.results import champion
+from pipeline.results.serving import Classifier
 from pipeline.tracking.logged_models import (
     classifier_files,
     download_model_files,
@@ -68,7 +69,7 @@ def test_predictions_from_files_match_the_training_loops_own(trained, images):
     saved = torch.load(client.download_artifacts(run_id, "predictions/test_probs.pt", str(trained.folder)),
                        weights_only=True).float()
     weights, meta = download_model_files(trained.tracker, model_of_run(client, run_id), trained.folder / "dl-cls")
-    classifier = champion.Classifier(weights, meta)
+    classifier = Classifier(weights, meta)
     grey = [p for i, p in enumerate(images) if i % 2 == 0]
     assert torch.allclose(classifier.probabilities(grey), saved[:40][0::2], atol=2e-3)
     rgb = [p for i, p in enumerate(images) if i % 2]  # RGB at twice the size: back to one channel at 28 px
@@ -98,7 +99,7 @@ def test_champion_is_the_best_on_validation_and_predict_loads_it(trained, images
 
 def test_the_ensembles_model_averages_its_members(trained, images):
     result = trained.context.outputs["ensemble"]
-    members = [champion.Classifier(*download_model_files(trained.tracker, model_of_run(trained.tracker.client,
+    members = [Classifier(*download_model_files(trained.tracker, model_of_run(trained.tracker.client,
                                                                                        trained.runs[m]),
                                                          trained.folder / f"ens-{m}")) for m in result["members"]]
     expected = torch.stack([m.probabilities(images[:6]) for m in members]).mean(0)
@@ -161,6 +162,6 @@ def test_predict_on_the_test_images_reproduces_the_reported_top1_of_an_in_memory
         Image.fromarray(image[0].numpy(), mode="L").save(paths[-1])
     weights, meta = download_model_files(trained.tracker, model_of_run(client, run_id), trained.folder / "dl-all")
     assert json.loads(meta.read_text())["preprocessing"] == {"kind": "resize", "in_chans": 1, "size": 28}
-    predicted = champion.Classifier(weights, meta).probabilities(paths).argmax(1)
+    predicted = Classifier(weights, meta).probabilities(paths).argmax(1)
     top1 = 100 * (predicted == test.labels).sum().item() / len(test.labels)
     assert top1 == pytest.approx(client.get_run(run_id).data.metrics["top1"], abs=1e-9)

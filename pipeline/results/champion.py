@@ -1,7 +1,7 @@
 """The best model on validation in the MLflow Model Registry (alias `champion`), and inference on image files.
 
 Every trained network is already a LoggedModel of its run (`pipeline.tracking.logged_models`): a pyfunc whose code is
-the project's (`pipeline/serving.py`), its weights a state dict and `model.json` its preprocessing. Registering
+the project's (`pipeline/results/serving.py`), its weights a state dict and `model.json` its preprocessing. Registering
 the champion makes a version of that same model (no copy, nothing re-logged), so
 `mlflow.pyfunc.load_model("models:/NAME@champion")` and `models:/m-<id>` load the same thing.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.results.serving import Classifier, ImageClassifierModel  # noqa: F401  (the pyfunc's classes, re-exported)
 
 ALIAS = "champion"
 

@@ -8,6 +8,7 @@ from pipeline.results.leaderboard import (
     build,
     selection_error,
 )
+from pipeline.tracking.queries import find_runs
 
 # The default address of `pipeline ui`, where runs of an embedded store are browsed.
 
@@ -98,8 +99,7 @@ def ui_links(tracking_uri: str, base_url: str, experiment: str | None = None) ->
             continue
         base = f"{base_url.rstrip('/')}/#/experiments/{exp.experiment_id}"
         lines.append(f"{exp.name}: models {base}/models?{TRAINING_VIEW}")
-        latest = client.search_runs([exp.experiment_id], "tags.stage = 'workflow'",
-                                    order_by=["attributes.start_time DESC"], max_results=1)
+        latest = find_runs(client, exp.experiment_id, {"stage": "workflow"}, max_results=1)
         if latest:
             lines.append(f"{exp.name}: latest workflow run {base}/runs/{latest[0].info.run_id}?{TRAINING_VIEW}")
     return lines
