@@ -87,16 +87,16 @@ def submit(spec_path: str, overrides: list[str], address: str, working_dir: str 
     from pipeline.tracking.store import redact
 
     uri = spec.tracking.uri or env.get("MLFLOW_TRACKING_URI", "")
+    if redact(uri) != uri:
+        raise PipelineError(f"the tracking URI {redact(uri)} holds a password, which a job would show to every "
+                            "Ray Jobs client of the cluster: give the URI without it, and the cluster its own "
+                            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (a secret, as infra/kuberay mounts)")
+    jobs = client(address)  # the address first: a wrong one is the more direct error
     if not uri:
         raise PipelineError("a job submitted with --address needs a tracking store the cluster can reach: set "
                             "MLFLOW_TRACKING_URI (or tracking.uri in the spec) to your MLflow server; without one "
                             "its results would go to a SQLite file in the job's working folder on the head node, "
                             "which Ray deletes")
-    if redact(uri) != uri:
-        raise PipelineError(f"the tracking URI {redact(uri)} holds a password, which a job would show to every "
-                            "Ray Jobs client of the cluster: give the URI without it, and the cluster its own "
-                            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (a secret, as infra/kuberay mounts)")
-    jobs = client(address)
     job_id = f"pipeline-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env}
     return _call(address, lambda: jobs.submit_job(entrypoint=shlex.join(command), submission_id=job_id,
