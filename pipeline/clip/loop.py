@@ -136,7 +136,8 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
             loss_sum += loss.detach() * len(groups)
             seen += len(groups)
             if events and step == 0 and epoch == start_epoch:
-                events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id())
+                events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(),
+                       epoch=epoch + 1)
             if events and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
                 events("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,

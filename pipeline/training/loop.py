@@ -230,7 +230,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
     def first_step():
         if events:
-            events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(), marks=marks)
+            events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(), marks=marks,
+                   epoch=start_epoch + 1)
 
     for epoch in range(start_epoch, config.recipe.epochs):
         started = time.perf_counter()
