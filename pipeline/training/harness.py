@@ -133,8 +133,11 @@ def load_checkpoint(start: str | None = None) -> dict[str, Any] | None:
 
     from pipeline.errors import PipelineError
 
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None and start and Path(checkpoint.path).resolve() == Path(start).resolve():
+        start = None  # the same folder: load it once
     states = [load_state(Path(start) / STATE_FILE)] if start else []
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
+    if checkpoint is not None:
         try:
             states.append(read_state(checkpoint))
         except PipelineError:
