@@ -96,7 +96,8 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=hp.epochs, warmup_epochs=hp.warmup_epochs,
                                        min_lr=hp.min_lr, step_on_epochs=False, updates_per_epoch=steps)
 
-    start_epoch, history = resume(events, config.resume_from, model=unwrap(model), optimizer=optimizer, scheduler=scheduler)
+    start_epoch, history = resume(events, config.resume_from, model=unwrap(model), optimizer=optimizer,
+                                  scheduler=scheduler)
 
     heldout_index, heldout_captions, heldout_groups = heldout_pairs(data.heldout, hp.heldout_pairs, hp.seed)
     budget_s = hp.time_limit_min * 60 if hp.time_limit_min else None
