@@ -42,6 +42,7 @@ class Case:
     hook: str | None = None  # $PIPELINE_TEST_FAULT for the hook in pipeline/tracking/writer.py
     exit_codes: tuple[int, ...] = ()
     stages: tuple[str, ...] = ("train",)  # the spec's stages the fault's moment lies in
+    resumes: bool = True  # resnet20 has a checkpoint at the fault and resumes from it (a train stage case)
     outcome: dict = field(default_factory=dict)
 
 
@@ -50,9 +51,9 @@ CASES = [
     Case("ctrl-c-sweep-trial", "Ctrl-C (SIGINT to the process group)", "the second trial of the sweep running",
          "SIGINT", group=True, exit_codes=(130,), stages=("sweep",)),
     Case("tracking-server-restart", "tracking server stopped for 8 s, then restarted", "resnet20 in epoch 2",
-         exit_codes=(0,)),
+         exit_codes=(0,), resumes=False),
     Case("ctrl-c-before-first-report", "Ctrl-C (SIGINT to the process group)", "resnet20 started, no epoch reported",
-         "SIGINT", group=True, exit_codes=(130,)),
+         "SIGINT", group=True, exit_codes=(130,), resumes=False),
     Case("sigint-driver-mid-epoch", "SIGINT to the driver alone", "resnet20 in epoch 2", "SIGINT", exit_codes=(130,)),
     Case("sigterm-mid-epoch", "SIGTERM of the driver", "resnet20 in epoch 2", "SIGTERM", exit_codes=(143,)),
     Case("sigkill-report-to-write", "SIGKILL of the driver", "resnet20's epoch 2 reported, not yet in MLflow (hook)",
@@ -182,8 +183,9 @@ def reference(cluster, server, tmp_path_factory):
             "folder": folder}
 
 
-def inject(case: Case, cluster, server, folder: Path, experiment: str) -> tuple[int, str, float]:
-    """Start the spec, inject the case's fault at its moment; the driver's exit code, output and fault time."""
+def inject(case: Case, cluster, server, folder: Path, experiment: str) -> tuple[int, str, float, list[int] | None]:
+    """Start the spec, inject the case's fault at its moment; the driver's exit code, output, fault time and the
+    epochs of resnet20 in MLflow at the fault (None for a fault a hook injects: known once the driver ended)."""
     client = MlflowClient(server.uri)
     env = {**os.environ, **env_for(cluster, server), **({"PIPELINE_TEST_FAULT": case.hook} if case.hook else {})}
     driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "spec.yaml"], cwd=folder, env=env,
@@ -191,6 +193,10 @@ def inject(case: Case, cluster, server, folder: Path, experiment: str) -> tuple[
     try:
         if case.hook is None:
             wait_until(lambda: moment_reached(case, client, experiment), 600, case.moment, driver)
+        at_fault = None
+        if case.hook is None and "train" in case.stages:
+            [resnet] = state(client, experiment)["units"]["train/resnet20"]
+            at_fault = steps(client, resnet.info.run_id)
         fault_at = time.time()
         if case.signal is not None:
             (os.killpg if case.group else os.kill)(driver.pid, signal.Signals[case.signal])
@@ -206,7 +212,7 @@ def inject(case: Case, cluster, server, folder: Path, experiment: str) -> tuple[
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-    return driver.returncode, output, fault_at
+    return driver.returncode, output, fault_at, at_fault
 
 
 @pytest.mark.parametrize("case", selected(), ids=lambda c: c.name)
@@ -217,7 +223,9 @@ def test_fault_then_the_same_command_completes_with_nothing_lost(case, cluster, 
     client = MlflowClient(server.uri)
     OUTCOMES.append(case)
     started = time.time()
-    code, output, fault_at = inject(case, cluster, server, folder, experiment)
+    code, output, fault_at, at_fault = inject(case, cluster, server, folder, experiment)
+    # A hook's fault is inside the driver, at a moment not seen from here: bound it by the driver's end.
+    fault_bound = fault_at if case.hook is None else time.time()
     case.outcome.update({"exit": code, "fault at s": round(fault_at - started)})
     before = state(client, experiment)
     assert code in case.exit_codes, output[-3000:]
@@ -232,6 +240,8 @@ def test_fault_then_the_same_command_completes_with_nothing_lost(case, cluster, 
         case.outcome["left running"] = sum(r.info.status == "RUNNING" for r in before["runs"])
     finished_trials = {t.data.tags["trial_key"]: t.info.run_id for t in before["trials"] if t.info.status == "FINISHED"}
     finished_units = {u: rs[0].info.run_id for u, rs in before["units"].items() if rs[0].info.status == "FINISHED"}
+    if at_fault is None and "train/resnet20" in before["units"]:
+        at_fault = steps(client, before["units"]["train/resnet20"][0].info.run_id)
 
     started = time.time()
     completed = run_cli("run", "spec.yaml", cwd=folder, env=env_for(cluster, server), timeout=900)
@@ -251,6 +261,7 @@ def test_fault_then_the_same_command_completes_with_nothing_lost(case, cluster, 
             assert unit_runs[0].info.run_id == finished_units[unit] and f"{unit} cached" in lines
     if "train" in case.stages:
         check_training(case, client, after, reference)
+        check_resumed(case, client, after, fault_bound, at_fault or [])
     if "sweep" in case.stages:
         check_sweep(case, client, after, reference, finished_trials)
     case.outcome["passed"] = True
@@ -263,6 +274,24 @@ def check_training(case: Case, client, after: dict, reference: dict) -> None:
         for key, tolerance in EQUAL.items():
             assert run.data.metrics[key] == pytest.approx(plain.data.metrics[key], **tolerance), (unit, key)
     case.outcome["test_loss"] = " / ".join(f"{after['units'][u][0].data.metrics['test_loss']:.4f}" for u in EPOCHS)
+
+
+def check_resumed(case: Case, client, after: dict, fault_at: float, at_fault: list[int]) -> None:
+    """A resumed unit started from its checkpoint (`resumed_from_epoch`, at least the epochs MLflow had at the
+    fault) and no attempt after the fault trained again an epoch it holds (`attempt_start_epoch`: one value
+    per attempt, the first epoch it trained)."""
+    if case.resumes:
+        tags = after["units"]["train/resnet20"][0].data.tags
+        assert "resumed_from_epoch" in tags, "train/resnet20 was not resumed from its checkpoint"
+        assert int(tags["resumed_from_epoch"]) >= max(at_fault), (tags["resumed_from_epoch"], at_fault)
+        case.outcome["resumed from"] = f"epoch {tags['resumed_from_epoch']} ({max(at_fault)} logged at the fault)"
+    for unit, [run] in after["units"].items():
+        if "resumed_from_epoch" not in run.data.tags:
+            continue
+        resumed = int(run.data.tags["resumed_from_epoch"])
+        starts = [int(m.value) for m in client.get_metric_history(run.info.run_id, "attempt_start_epoch")
+                  if m.timestamp >= fault_at * 1000]
+        assert all(start == resumed + 1 for start in starts), (unit, resumed, starts)
 
 
 def check_sweep(case: Case, client, after: dict, reference: dict, finished_trials: dict) -> None:

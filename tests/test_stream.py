@@ -287,6 +287,9 @@ def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_i
     assert killed, "no worker was killed mid-run"
     run = client.get_run(context.outputs["train"]["resnet50"]["run_id"])
     assert run.info.status == "FINISHED" and int(run.data.tags["resumed_from_epoch"]) == 1
+    # Two attempts: the first trained from epoch 1, the restarted one from epoch 2 (epoch 1 was not trained again).
+    attempts = sorted(client.get_metric_history(run.info.run_id, "attempt_start_epoch"), key=lambda m: m.timestamp)
+    assert [int(m.value) for m in attempts] == [1, 2]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2]
     params = run.data.params
     # lr 0.1 per 256 images, linearly scaled to the global batch of 16 (8 per step, 2 accumulated).

@@ -39,6 +39,8 @@ class ClipWorkerConfig:
     threads: int = 1
     progress: Any = None  # set by `fit`
     label: str = ""
+    resume_from: str | None = None  # set by `fit`
+    staging: str | None = None  # set by `fit`
     system_metrics: bool = True  # each node's CPU, memory and GPU use, sent through the relay
 
 
@@ -94,7 +96,8 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=hp.epochs, warmup_epochs=hp.warmup_epochs,
                                        min_lr=hp.min_lr, step_on_epochs=False, updates_per_epoch=steps)
 
-    start_epoch, history = resume(events, model=unwrap(model), optimizer=optimizer, scheduler=scheduler)
+    start_epoch, history = resume(events, config.resume_from, model=unwrap(model), optimizer=optimizer,
+                                  scheduler=scheduler)
 
     heldout_index, heldout_captions, heldout_groups = heldout_pairs(data.heldout, hp.heldout_pairs, hp.seed)
     budget_s = hp.time_limit_min * 60 if hp.time_limit_min else None
@@ -134,7 +137,8 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
             loss_sum += loss.detach() * len(groups)
             seen += len(groups)
             if events and step == 0 and epoch == start_epoch:
-                events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id())
+                events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(),
+                       epoch=epoch + 1)
             if events and time.perf_counter() - last_event > 2:
                 last_event = time.perf_counter()
                 events("step", epoch=epoch + 1, epochs=hp.epochs, step=step + 1, steps=steps,
@@ -162,7 +166,7 @@ def pretrain_loop_per_worker(config: ClipWorkerConfig) -> None:
         spent_s += metrics["epoch_time_s"]
         history.append(metrics)
         report(metrics, checkpoint_state(rank, epoch + 1, history, model=unwrap(model), optimizer=optimizer,
-                                         scheduler=scheduler, model_name=config.model))
+                                         scheduler=scheduler, model_name=config.model), staging=config.staging)
         if events:
             events("epoch", metrics=metrics)
     if sampler is not None:

@@ -124,7 +124,7 @@ def run_unit(job: Job) -> dict[str, Any]:
     show = context.display.handler(job.unit.name, config.train.epochs) if context.display else None
     writer = RunWriter(tracker, run_id, started_at=time.time(), show=show)
     result = fit(pretrain_loop_per_worker, worker_config, spec.resources, storage_of(spec), job.train_name,
-                 on_event=writer)
+                 on_event=writer, say=context.print)
     if result.error is not None or result.checkpoint is None:
         raise UnitFailed.of(result.error)
     state = read_state(result.checkpoint)

@@ -7,6 +7,11 @@ import threading
 from typing import Any, Callable
 
 
+# The first epoch each attempt of a run trained, logged at its first step: a resumed attempt that trained again
+# epochs its checkpoint holds shows here (the epoch metrics are logged once and cannot show it).
+ATTEMPT_START = "attempt_start_epoch"
+
+
 class RunWriter:
     """Writes a training run's epochs into its MLflow run, each epoch once: steps already logged (by an
     earlier attempt of the same unit, or a worker restarted from a checkpoint) are skipped, and the epochs
@@ -31,6 +36,8 @@ class RunWriter:
         elif kind == "resumed":
             self.tracker.client.set_tag(self.run_id, "resumed_from_epoch", str(event["epoch"]))
         elif kind == "first_step":
+            if "epoch" in event:  # one value per attempt (a start or a restart of the workers): where it began
+                self.tracker.log(self.run_id, {ATTEMPT_START: event["epoch"]}, step=int(event["epoch"]))
             if event.get("node"):
                 self.tracker.client.set_tag(self.run_id, "ray_node_id", event["node"])
             with self._lock:

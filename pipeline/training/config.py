@@ -91,5 +91,7 @@ class WorkerConfig:
     stream: Stream | None = None
     progress: Any = None  # the ray.util.queue.Queue of `fit`'s relay (set by `fit`)
     label: str = ""  # the unit's name in progress events
+    resume_from: str | None = None  # the checkpoint folder to start from (set by `fit`)
+    staging: str | None = None  # where rank 0 writes a checkpoint before Ray copies it (set by `fit`)
     evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
     system_metrics: bool = True  # each node's CPU, memory and GPU use, sent through the relay

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -61,43 +61,91 @@ def gather_in_dataset_order(shard: torch.Tensor, world_size: int) -> torch.Tenso
 
 
 def report(metrics: dict[str, float], state: dict[str, Any] | None = None,
-           extra: dict[str, torch.Tensor] | None = None) -> None:
+           extra: dict[str, torch.Tensor] | None = None, staging: str | None = None) -> None:
     """`ray.train.report` with rank 0's checkpoint (the training state, extra tensors as files of their own)
-    written to a temporary folder that is removed once Ray has copied it to storage. The state holds
+    written to a temporary folder under `staging` (`fit`'s per-run folder, emptied by the driver, so a worker
+    killed mid-report leaves no copy behind) that is removed once Ray has copied it to storage. The state holds
     tensors and plain containers only, so it loads with `weights_only=True`."""
     import ray.train
 
     if state is None:
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory(prefix="ckpt-") as directory:
+    if staging:
+        Path(staging).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ckpt-", dir=staging) as directory:
         torch.save(state, Path(directory) / STATE_FILE)
         for name, tensor in (extra or {}).items():
             torch.save(tensor, Path(directory) / f"{name}.pt")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def read_state(checkpoint) -> dict[str, Any]:
-    """The training state of a checkpoint, loaded without unpickling code (a planted file is refused)."""
+def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state file, loaded without unpickling code (a planted file is refused in one line)."""
     import pickle
 
     from pipeline.errors import PipelineError
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise PipelineError(f"checkpoint {path} holds more than tensors and plain containers and is not "
+                            f"loaded ({reason}): delete it, or train the unit again with --rerun") from None
+
+
+def read_state(checkpoint) -> dict[str, Any]:
+    """The training state of a Ray checkpoint (see `load_state`)."""
     with checkpoint.as_directory() as directory:
-        path = Path(directory) / STATE_FILE
+        return load_state(Path(directory) / STATE_FILE)
+
+
+def starting_checkpoint(run_folder: Path, say: Callable[[str], None]) -> str | None:
+    """The newest checkpoint folder of a Ray Train run whose state loads, or None when it has none. Ray's own
+    snapshot of its checkpoints can lag the folders on disk (an interrupt between a report and the snapshot's
+    write), so the folders decide. A damaged newer one is named and skipped; if none loads, one line says which
+    file and the way out."""
+    from pipeline.errors import PipelineError
+
+    folders = sorted((p for p in run_folder.glob("checkpoint_*") if p.is_dir()), reverse=True)  # named by time
+    damaged = []
+    for folder in folders:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            reason = str(exc).strip().splitlines()[0]
-            raise PipelineError(f"checkpoint {path} holds more than tensors and plain containers and is not "
-                                f"loaded ({reason}): delete it, or train the unit again with --rerun") from None
+            load_state(folder / STATE_FILE)
+        except PipelineError:
+            raise
+        except Exception as exc:  # truncated or missing: a copy cut short
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+            damaged.append(f"{folder / STATE_FILE} ({reason})")
+            continue
+        if damaged:
+            say(f"checkpoint {'; '.join(damaged)} does not load: resuming from the older checkpoint {folder}")
+        return str(folder)
+    if damaged:
+        raise PipelineError(f"no checkpoint of {run_folder.name} loads (the newest: {damaged[0]}): "
+                            f"train the unit again with --rerun")
+    return None
 
 
-def load_checkpoint() -> dict[str, Any] | None:
+def load_checkpoint(start: str | None = None) -> dict[str, Any] | None:
+    """The newer of Ray's latest checkpoint and `start` (the driver's choice, `starting_checkpoint`)."""
     import ray.train
 
+    from pipeline.errors import PipelineError
+
     checkpoint = ray.train.get_checkpoint()
-    return None if checkpoint is None else read_state(checkpoint)
+    if checkpoint is not None and start and Path(checkpoint.path).resolve() == Path(start).resolve():
+        start = None  # the same folder: load it once
+    states = [load_state(Path(start) / STATE_FILE)] if start else []
+    if checkpoint is not None:
+        try:
+            states.append(read_state(checkpoint))
+        except PipelineError:
+            raise
+        except Exception:
+            if not states:  # damaged, and nothing else to start from
+                raise
+    return max(states, key=lambda state: state["epoch"], default=None)
 
 
 def worker_setup(threads: int, precision: str):
@@ -137,10 +185,11 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> int:
     return value
 
 
-def resume(events: Events | None, **parts) -> tuple[int, list[dict[str, float]]]:
-    """(first epoch to train, history so far): the latest checkpoint's, loaded into `parts` (each a name of the
-    saved state and an object with `load_state_dict`, or None), or (0, []) on a fresh start."""
-    if (state := load_checkpoint()) is None:
+def resume(events: Events | None, start: str | None = None, **parts) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch to train, history so far): the latest checkpoint's (Ray's, or `start`, the config's
+    `resume_from`, whichever is newer), loaded into `parts` (each a name of the saved state and an object with
+    `load_state_dict`, or None), or (0, []) on a fresh start."""
+    if (state := load_checkpoint(start)) is None:
         return 0, []
     for name, part in parts.items():
         if part is not None and state.get(name) is not None:
@@ -159,32 +208,46 @@ def checkpoint_state(rank: int, epoch: int, history: list[dict[str, float]], **p
             "epoch": epoch, "history": history}
 
 
-def fit(loop, config, resources, storage_path: str, run_name: str, on_event=None, callbacks: list | None = None):
+def fit(loop, config, resources, storage_path: str, run_name: str, on_event=None, callbacks: list | None = None,
+        say: Callable[[str], None] | None = None):
     """Run the worker loop (`pipeline.training.loop.train_loop_per_worker`, the CLIP loop...) on `resources.num_workers` Ray Train
     workers; returns Ray's Result.
 
     Rank 0's events reach `on_event` in this process through a `pipeline.training.relay.Relay` (this process is the
     run's MLflow writer; the workers get no credentials). Reusing `run_name` under the same storage path
-    resumes from its latest checkpoint. `callbacks` are Ray Train UserCallbacks (in a Tune trial:
-    `ray.tune.integration.ray_train.TuneReportCallback()`).
+    resumes from its newest checkpoint that loads (`starting_checkpoint`; `say` gets its one-line notes).
+    `callbacks` are Ray Train UserCallbacks (in a Tune trial: `ray.tune.integration.ray_train.TuneReportCallback()`).
     """
     import dataclasses
+    import logging
+    import shutil
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.training.relay import Relay
 
+    start = staging = None
+    if "://" not in storage_path:  # a local (or mounted shared) folder: its checkpoints can be read here
+        run_folder = Path(storage_path) / run_name
+        staging = run_folder / "staging"
+        shutil.rmtree(staging, ignore_errors=True)  # what workers killed mid-report left
+        start = starting_checkpoint(run_folder, say or logging.getLogger(__name__).warning)
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
-    with Relay(on_event) as relay:
-        trainer = TorchTrainer(
-            loop,
-            train_loop_config=dataclasses.replace(config, progress=relay.queue),
-            scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker=per_worker),
-            run_config=RunConfig(name=run_name, storage_path=storage_path,
-                                 failure_config=FailureConfig(max_failures=resources.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
-        )
-        return trainer.fit()
+    try:
+        with Relay(on_event) as relay:
+            trainer = TorchTrainer(
+                loop,
+                train_loop_config=dataclasses.replace(config, progress=relay.queue, resume_from=start,
+                                                      staging=staging and str(staging)),
+                scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=use_gpu,
+                                             resources_per_worker=per_worker),
+                run_config=RunConfig(name=run_name, storage_path=storage_path,
+                                     failure_config=FailureConfig(max_failures=resources.max_failures),
+                                     checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+            )
+            return trainer.fit()
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

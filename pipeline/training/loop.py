@@ -219,8 +219,9 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
     t = set_up(config, marks)
     events, sampler = start_events(config, t.rank)
-    start_epoch, history = resume(events, model=unwrap(t.model), optimizer=t.schedule.optimizer,
-                                  scheduler=t.schedule.scheduler, model_ema=t.ema.module if t.ema else None)
+    start_epoch, history = resume(events, config.resume_from, model=unwrap(t.model),
+                                  optimizer=t.schedule.optimizer, scheduler=t.schedule.scheduler,
+                                  model_ema=t.ema.module if t.ema else None)
 
     def state(epoch: int) -> dict[str, Any] | None:
         return checkpoint_state(t.rank, epoch, history, model=unwrap(t.model), optimizer=t.schedule.optimizer,
@@ -229,7 +230,8 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
 
     def first_step():
         if events:
-            events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(), marks=marks)
+            events("first_step", time=time.time(), node=ray.get_runtime_context().get_node_id(), marks=marks,
+                   epoch=start_epoch + 1)
 
     for epoch in range(start_epoch, config.recipe.epochs):
         started = time.perf_counter()
@@ -238,12 +240,12 @@ def train_loop_per_worker(config: WorkerConfig) -> None:
         metrics.update({"epoch_time_s": time.perf_counter() - started, "lr": t.schedule.lr})
         t.schedule.after_epoch(epoch + 1, metrics.get("val_top1"))
         history.append(metrics)
-        report(metrics, state(epoch + 1))
+        report(metrics, state(epoch + 1), staging=config.staging)
         if events:
             events("epoch", metrics=metrics)
     final, extra = final_test(t, history)
     if sampler is not None:
         sampler.stop()
-    report({**history[-1], **final}, state(config.recipe.epochs), extra)
+    report({**history[-1], **final}, state(config.recipe.epochs), extra, config.staging)
     if events:
         events("final", metrics=final)

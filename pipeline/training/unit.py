@@ -87,7 +87,8 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
                   f"{complexity['gmacs'] * 1e3:.2f} MMACs/image, {resources.num_workers} worker(s), run {job.run_id}")
     writer = RunWriter(tracker, job.run_id, started_at=time.time(), show=context.display.handler(unit.name, train.epochs)
                        if context.display else None)
-    result = fit(train_loop_per_worker, config, resources, storage_of(spec), job.train_name, on_event=writer)
+    result = fit(train_loop_per_worker, config, resources, storage_of(spec), job.train_name, on_event=writer,
+                 say=context.print)
     if result.error is not None or result.checkpoint is None:
         raise UnitFailed.of(result.error)
     state = read_state(result.checkpoint)

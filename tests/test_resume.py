@@ -1,0 +1,138 @@
+"""Resume on a real local Ray cluster with a tiny loop built from the harness both worker loops use: the newest
+checkpoint on disk is resumed from even when Ray's own snapshot of its checkpoints lags, a damaged one falls
+back to the one before it, and a worker killed while writing a checkpoint leaves no copy of it behind."""
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.spec.sections import ResourcesConfig
+
+EPOCHS = 4
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    marker: str  # saved in every checkpoint, to find this test's copies
+    crash_at: int | None = None  # the epoch at whose start the worker fails (an interrupt)
+    die_in_report: bool = False  # ... killed while rank 0 writes a checkpoint
+    progress: Any = None
+    label: str = "tiny"
+    resume_from: str | None = None
+    staging: str | None = None
+
+
+class Die:
+    """Saving it kills the process: a worker killed between writing a checkpoint and Ray's copy of it."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tiny_loop(config: TinyConfig) -> None:
+    from pipeline.training.harness import Events, checkpoint_state, report, resume
+
+    model = torch.nn.Linear(2, 1)
+    events = Events(config)
+    start, history = resume(events, config.resume_from, model=model)
+    for epoch in range(start, EPOCHS):
+        if epoch == config.crash_at:
+            if config.die_in_report:
+                report({"epoch": float(epoch)}, {"epoch": epoch, "history": history, "marker": config.marker},
+                       {"die": Die()}, config.staging)
+            raise RuntimeError("interrupted")
+        events("step", epoch=epoch + 1)  # an epoch trained in this attempt
+        history.append({"epoch": float(epoch + 1)})
+        report(history[-1], checkpoint_state(0, epoch + 1, history, model=model, marker=config.marker),
+               staging=config.staging)
+
+
+def run(ray_cluster, folder: Path, config: TinyConfig, events: list, notes: list | None = None):
+    """Ray's Result of one attempt (a failed one raises)."""
+    from pipeline.training.harness import fit
+
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import a test module
+    return fit(tiny_loop, config, ResourcesConfig(num_workers=1, cpus_per_worker=1, max_failures=0),
+               str(folder), "tiny", on_event=events.append, say=(notes if notes is not None else []).append)
+
+
+def interrupted(ray_cluster, folder: Path, config: TinyConfig) -> list[dict]:
+    events: list[dict] = []
+    with pytest.raises(Exception, match="interrupted|died"):
+        run(ray_cluster, folder, config, events)
+    return events
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "tiny").glob("checkpoint_*") if p.is_dir())
+
+
+def copies_of(marker: str, *roots: Path) -> list[Path]:
+    found = []
+    for root in roots:
+        for state in root.rglob("ckpt-*/state.pt"):
+            try:
+                if torch.load(state, weights_only=True).get("marker") == marker:
+                    found.append(state.parent)
+            except Exception:
+                continue
+    return found
+
+
+def trained(events: list[dict]) -> list[int]:
+    return [e["epoch"] for e in events if e["kind"] == "step"]
+
+
+def resumed_from(events: list[dict]) -> list[int]:
+    return [e["epoch"] for e in events if e["kind"] == "resumed"]
+
+
+def test_a_checkpoint_newer_than_rays_snapshot_is_resumed_and_a_killed_report_leaves_no_copy(ray_cluster, tmp_path):
+    from pipeline.training.harness import read_state
+
+    marker = uuid.uuid4().hex
+    events = interrupted(ray_cluster, tmp_path, TinyConfig(marker, crash_at=3, die_in_report=True))
+    assert trained(events) == [1, 2, 3]
+    # The worker died holding a checkpoint it was writing: no copy of it is left, in the temp folder or beside
+    # the run's checkpoints.
+    assert not copies_of(marker, Path(tempfile.gettempdir()), tmp_path)
+    # Ray's snapshot lags the folders on disk (here: it was never written): Ray alone would start from scratch.
+    (tmp_path / "tiny" / "checkpoint_manager_snapshot.json").unlink()
+
+    events = []
+    second = run(ray_cluster, tmp_path, TinyConfig(marker), events)
+    assert second.error is None, second.error
+    assert resumed_from(events) == [3] and trained(events) == [4]  # epochs 1-3 were not trained again
+    assert read_state(second.checkpoint)["epoch"] == EPOCHS
+    assert not copies_of(marker, Path(tempfile.gettempdir()), tmp_path)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_it(ray_cluster, tmp_path):
+    marker = uuid.uuid4().hex
+    interrupted(ray_cluster, tmp_path, TinyConfig(marker, crash_at=3))
+    older, newest = checkpoints(tmp_path)  # Ray keeps two: epochs 2 and 3
+    intact = (older / "state.pt").read_bytes()
+    for folder in (older, newest):  # a copy cut short
+        data = (folder / "state.pt").read_bytes()
+        (folder / "state.pt").write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(PipelineError) as failed:  # none loads: one line, the file and the way out
+        run(ray_cluster, tmp_path, TinyConfig(marker), [])
+    message = str(failed.value)
+    assert "\n" not in message and str(newest / "state.pt") in message and "--rerun" in message, message
+
+    (older / "state.pt").write_bytes(intact)
+    notes: list[str] = []
+    events = []
+    second = run(ray_cluster, tmp_path, TinyConfig(marker), events, notes)
+    assert second.error is None, second.error
+    assert len(notes) == 1 and str(newest / "state.pt") in notes[0] and str(older) in notes[0], notes
+    assert resumed_from(events) == [2] and trained(events) == [3, 4]
