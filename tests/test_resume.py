@@ -136,3 +136,17 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_it(ray_cluster
     assert second.error is None, second.error
     assert len(notes) == 1 and str(newest / "state.pt") in notes[0] and str(older) in notes[0], notes
     assert resumed_from(events) == [2] and trained(events) == [3, 4]
+
+
+def test_the_relay_hands_on_each_senders_events_in_the_order_sent(ray_cluster):
+    """Ray's queue is an async actor and may run puts out of order: the relay restores each sender's order,
+    and at the end passes on what waits behind an event that never came."""
+    from pipeline.training.relay import Relay
+
+    handled: list[tuple[str, int]] = []
+    with Relay(lambda e: handled.append((e["kind"], e["n"]))) as relay:
+        for sender, order in (("a", [1, 0, 2]), ("b", [0, 2, 3])):  # b's event 1 is lost
+            for seq in order:
+                relay.queue.put({"kind": sender, "n": seq, "sender": sender, "seq": seq})
+    assert [n for kind, n in handled if kind == "a"] == [0, 1, 2]
+    assert [n for kind, n in handled if kind == "b"] == [0, 2, 3]

@@ -3,6 +3,7 @@ reports with checkpoints, resume, and `fit` (one Ray Train run)."""
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,10 +34,14 @@ class Events:
     def __init__(self, config: WorkerConfig):
         self.queue = config.progress
         self.label = config.label
+        self.sender = uuid.uuid4().hex  # this attempt's events, numbered: the relay hands them on in order
+        self.sent = 0
 
     def __call__(self, kind: str, **payload) -> None:
         if self.queue is not None:
-            self.queue.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload})
+            self.queue.actor.put_nowait.remote({"kind": kind, "model": self.label, **payload,
+                                                "sender": self.sender, "seq": self.sent})
+            self.sent += 1
 
     def resumed(self, epoch: int, history: list[dict[str, float]]) -> None:
         """A restart from a checkpoint; its epochs are sent again for the writer to log those it missed."""

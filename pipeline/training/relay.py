@@ -18,6 +18,10 @@ class Relay:
         self.handle = handle
         self.queue = None
         self._stop = threading.Event()
+        # Ray's queue is an async actor, which does not promise to run puts in the order they were sent: each
+        # sender numbers its events, and one held back here waits for those before it.
+        self._next: dict[str, int] = {}
+        self._held: dict[str, dict[int, dict]] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "Relay":
@@ -32,8 +36,9 @@ class Relay:
         if self.queue is None:
             return
         self._stop.set()
-        self._thread.join(timeout=5)
-        self._drain()
+        # The thread is the queue's only reader, to the last event, so events are handled in the order sent
+        # (a second reader draining beside it could pass a later event before the one the thread holds).
+        self._thread.join(timeout=60)
         self.queue.shutdown()
 
     def _run(self) -> None:
@@ -43,7 +48,8 @@ class Relay:
             except Empty:
                 continue
             except Exception:  # the queue actor is gone: the run is ending
-                return
+                break
+        self._drain()
 
     def _drain(self) -> None:
         try:
@@ -51,8 +57,23 @@ class Relay:
                 self._pass(self.queue.get_nowait())
         except Exception:
             pass
+        for sender, held in self._held.items():  # one never arrived (its sender died): pass on the rest
+            for seq in sorted(held):
+                self._handle(held[seq])
 
     def _pass(self, event: dict) -> None:
+        sender, seq = event.pop("sender", None), event.pop("seq", None)
+        if sender is None:
+            return self._handle(event)
+        held = self._held.setdefault(sender, {})
+        held[seq] = event
+        expected = self._next.get(sender, 0)
+        while expected in held:
+            self._handle(held.pop(expected))
+            expected += 1
+        self._next[sender] = expected
+
+    def _handle(self, event: dict) -> None:
         try:
             self.handle(event)
         except Exception as exc:  # a failed write must not stop the relay; the run's end reconciles
