@@ -21,8 +21,10 @@ def small_cfg(**kwargs):
 
 
 def create(model_cls, variant, pretrained=False, **kwargs):
-    if pretrained:
-        raise ValueError(f'{variant}: no pretrained weights in this zoo (models train from scratch)')
+    # The zoo publishes no weights; a weights file given through timm's pretrained path loads like timm's own
+    # (pretrained_cfg_overlay={'file': ...}: classifier reset, first conv adapted).
+    if pretrained and not (kwargs.get('pretrained_cfg_overlay') or {}).get('file'):
+        raise ValueError(f'{variant}: no pretrained weights in this zoo: give a weights file (init: in a spec)')
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
 
 

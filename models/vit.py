@@ -6,7 +6,7 @@ vit_huge_patch14_224 (ViT-B/16 = 86,567,656 parameters). Registered here: the sa
 is resampled for other grids (28 px -> 7x7); `patch_size`, `img_size` and the rest pass through.
 """
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ._common import create, small_cfg
 
@@ -24,7 +24,9 @@ default_cfgs = generate_default_cfgs({
 def _create(size, pretrained=False, **kwargs):
     dim, depth, heads = SIZES[size]
     args = dict(img_size=32, patch_size=4, embed_dim=dim, depth=depth, num_heads=heads, dynamic_img_size=True)
-    return create(VisionTransformer, f'vit_{size}_patch4_32', pretrained, **{**args, **kwargs})
+    # timm's checkpoint filter resamples a weights file's position embeddings to this grid.
+    return create(VisionTransformer, f'vit_{size}_patch4_32', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                  **{**args, **kwargs})
 
 
 @register_model

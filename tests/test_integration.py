@@ -10,7 +10,8 @@ from rich.console import Console
 from pipeline.engine import workflow
 from pipeline.results import leaderboard
 from pipeline.spec.loading import load_spec, parse_spec
-from pipeline.tracking.logged_models import download_model_files, model_of_run
+from pipeline.tracking.logged_models import model_of_run
+from pipeline.tracking.model_files import download_model_files
 from pipeline.tracking.store import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]

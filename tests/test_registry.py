@@ -14,10 +14,10 @@ from pipeline.results import champion
 from pipeline.results.serving import Classifier
 from pipeline.tracking.logged_models import (
     classifier_files,
-    download_model_files,
     log_model,
     model_of_run,
 )
+from pipeline.tracking.model_files import download_model_files
 from pipeline.tracking.store import Tracker
 
 

@@ -55,6 +55,10 @@ CHANGES = {
     "models[].kwargs": ("worker", MEMORY, {"drop_rate": 0.1}, {}),
     "models[].train": ("worker", MEMORY, {"lr": 0.01}, {}),
     "models[].resources": ("worker", MEMORY, {"num_workers": 2}, {}),
+    "models[].init": ("worker", MEMORY, "<weights>", {}),
+    "models[].freeze": ("worker", MEMORY, "backbone", {}),
+    "models[].layer_decay": ("worker", MEMORY, 0.7, {}),
+    "models[].head_lr": ("worker", MEMORY, 0.01, {}),
     "train.epochs": ("worker", MEMORY, 2, {}),
     "train.batch_size": ("worker", MEMORY, 64, {}),
     "train.global_batch_size": ("worker", MEMORY, 512, {}),
@@ -199,7 +203,12 @@ def folders(tmp_path_factory):
     for name, images in (("shards", 40), ("other", 60)):
         write_jpeg_shards(root / name, "train", images, 1, (24, 20), 4)
         write_jpeg_shards(root / name, "validation", 20, 1, (24, 20), 4)
-    return {"<shards>": str(root / "shards"), "<other shards>": str(root / "other")}
+    import torch
+
+    from models._factory import build_model
+
+    torch.save(build_model("lenet5", 10, 1).state_dict(), root / "lenet5.pt")  # weights for `init:`
+    return {"<shards>": str(root / "shards"), "<other shards>": str(root / "other"), "<weights>": str(root / "lenet5.pt")}
 
 
 def with_field(tree: dict, path: str, value) -> dict:

@@ -357,7 +357,8 @@ def test_predict_on_the_test_images_reproduces_the_reported_top1_of_a_streamed_m
     from pipeline.engine import workflow
     from pipeline.results.serving import Classifier
     from pipeline.spec.loading import parse_spec
-    from pipeline.tracking.logged_models import download_model_files, model_of_run
+    from pipeline.tracking.logged_models import model_of_run
+    from pipeline.tracking.model_files import download_model_files
     from pipeline.tracking.store import Tracker
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"

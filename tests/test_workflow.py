@@ -184,7 +184,7 @@ def test_torch_compile_and_channels_last_train_on_cpu_and_keep_a_plain_state_dic
     import torch
 
     from models._factory import build_model
-    from pipeline.tracking.logged_models import download_model_files
+    from pipeline.tracking.model_files import download_model_files
     from pipeline.tracking.store import Tracker
 
     spec = yaml.safe_load(write_spec(workdir, "wf-compile", ["lenet5"], epochs=1, size=100).read_text())

@@ -24,6 +24,8 @@ class RunContext:
     display: Any = None  # pipeline.engine.progress.WorkflowDisplay
     spec_yaml: str = ""  # the resolved spec, kept with every run
 
+    # Initial weights resolved by the driver (pipeline/training/weights.py), by source, model and data shape.
+    weights: dict[str, Any] = field(default_factory=dict)
     _splits: dict[str, Any] = field(default_factory=dict)  # data config digest -> (Splits, object ref)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

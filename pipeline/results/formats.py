@@ -70,8 +70,8 @@ def to_rich_table(board: Leaderboard):
     table.add_column("#", justify="right")
     columns = board.columns
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "kind", "diverged", "family", "accelerator",
-                                                              "run_id", "sweep") else "right")
+        table.add_column(column, justify="left" if column in ("model", "init", "kind", "diverged", "family",
+                                                              "accelerator", "run_id", "sweep") else "right")
     for rank, row in _ranked(board):
         cells = [_cell(c, _value(board, row, c)) for c in columns]
         table.add_row(rank, *cells, style="dim" if rank == "ref" else None)

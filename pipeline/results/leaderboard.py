@@ -59,8 +59,8 @@ class Leaderboard:
 
     @property
     def columns(self) -> list[str]:
-        """COLUMNS, plus `kind` when not every row is a plain training run, `diverged` when a run did and
-        `sweep` when a row has one."""
+        """COLUMNS, plus `kind` when not every row is a plain training run, `diverged` when a run did,
+        `sweep` when a row has one and `init` when a row did not start from scratch."""
         columns = list(COLUMNS)
         if any(r.get("val_top1_err") is not None for r in self.rows):
             columns.insert(columns.index("top5_err") + 1, "val_top1_err")
@@ -72,6 +72,8 @@ class Leaderboard:
             columns[columns.index("top1_err") + 1:columns.index("top1_err") + 1] = ["top1_err_std", "runs"]
         if any(r.get("sweep_run_id") for r in self.rows):
             columns.append("sweep")
+        if any(r.get("init", "scratch") != "scratch" for r in self.rows):  # where fine-tuned weights came from
+            columns.insert(1, "init")
         return columns
 
     def run_url(self, run_id: str) -> str:
@@ -105,6 +107,7 @@ def _row(run) -> dict:
         "members": tags.get("members", ""),
         "dataset": tags.get("dataset", ""),
         "recipe": tags.get("recipe"),
+        "init": tags.get("init", "scratch"),  # scratch, the hub tag, the weights file or the source model
         "_start": run.info.start_time,
     }
 
@@ -150,7 +153,7 @@ def best_per_model(rows: list[dict]) -> list[dict]:
 
     best: dict[str, dict] = {}
     for row in sorted((averaged(group) for group in seed_groups(rows)), key=choice):
-        best.setdefault(row["model"], row)
+        best.setdefault((row["model"], row.get("init", "scratch")), row)  # fine-tuned and from scratch: two rows
     return sorted(best.values(), key=lambda r: (r.get("diverged", False), r["top1_err"], r["top5_err"], r["_start"],
                                                 r["model"]))
 

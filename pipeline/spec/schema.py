@@ -88,6 +88,16 @@ class Spec(Strict):
             raise ValueError(f"models[{fixed[0]}].train.seed and seeds: both set the seed: give one")
         return self
 
+    @model_validator(mode="after")
+    def _transfer_in_train_only(self):
+        for entry in self.models:
+            if entry.finetuned and "sweep" in self.stages and self.swept(entry):
+                option = next(k for k in ("init", "freeze", "layer_decay", "head_lr")
+                              if getattr(entry, k) not in (None, "scratch"))
+                raise ValueError(f"models[{entry.name}].{option} applies to the train stage; sweeps and retrains start "
+                                 f"from scratch: leave {entry.name} out of sweep.models, or remove {option}")
+        return self
+
     def swept(self, entry: ModelEntry) -> bool:
         """Whether the sweep (and retrain) stages take this model entry."""
         return self.sweep is not None and (self.sweep.models is None or entry.name in self.sweep.models)

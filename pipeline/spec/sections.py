@@ -165,6 +165,35 @@ class ModelEntry(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra arguments of timm.create_model
     train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
     resources: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the resources section
+    # Where the weights start (pipeline/training/weights.py): scratch; timm (the model's default pretrained tag)
+    # or timm:TAG; a weights file (safetensors or a state dict); a LoggedModel (models:/m-ID, models:/NAME@alias);
+    # unit:STAGE/NAME, the model another unit of the spec trains (an edge of the workflow's DAG).
+    init: str = "scratch"
+    freeze: Literal["backbone"] | int | None = None  # backbone: the classifier alone trains; N: the first N groups
+    layer_decay: float | None = Field(None, gt=0, le=1)  # timm's layer-wise lr decay (create_optimizer_v2)
+    head_lr: float | None = Field(None, gt=0)  # the classifier's learning rate, in the units of train.lr
+
+    @field_validator("init")
+    @classmethod
+    def _init_source(cls, init: str) -> str:
+        kind, value = init_source(init)
+        if kind == "unit" and "/" not in value:
+            raise ValueError(f"init '{init}': name a unit as unit:STAGE/NAME, e.g. unit:train/lenet5")
+        if kind == "model" and not value.strip("/"):
+            raise ValueError(f"init '{init}': give a model, e.g. models:/m-<id> or models:/NAME@champion")
+        return init
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _freeze(cls, freeze):
+        if isinstance(freeze, bool) or isinstance(freeze, int) and freeze < 1:
+            raise ValueError(f"freeze {freeze!r}: give backbone, or the number of leading layer groups (1 or more)")
+        return freeze
+
+    @property
+    def finetuned(self) -> bool:
+        """Whether the entry sets any option of transfer (its weights' source, freezing, layer decay, head lr)."""
+        return self.init != "scratch" or any(v is not None for v in (self.freeze, self.layer_decay, self.head_lr))
 
     @field_validator("name")
     @classmethod
@@ -173,6 +202,20 @@ class ModelEntry(Strict):
             raise ValueError(f"unknown model '{name}'{_did_you_mean(name, names.names('models'))} "
                              f"(`pipeline models` lists the zoo; any timm model name works)")
         return name
+
+
+def init_source(init: str) -> tuple[str, str]:
+    """(kind, value) of a model entry's `init`: scratch, timm (value: the tag, maybe empty), model (value: the
+    models:/ URI), unit (value: STAGE/NAME) or file (value: its path)."""
+    if init == "scratch":
+        return "scratch", ""
+    if init == "timm" or init.startswith("timm:"):
+        return "timm", init[5:]
+    if init.startswith("models:/"):
+        return "model", init
+    if init.startswith("unit:"):
+        return "unit", init[5:]
+    return "file", init
 
 
 class ResourcesConfig(Strict):

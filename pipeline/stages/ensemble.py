@@ -155,11 +155,8 @@ def log_ensemble_model(tracker, run_id: str, label: str, members: list[Member], 
     `ensemble` saying how they are combined (the mean of their softmax outputs)."""
     import json
 
-    from pipeline.tracking.logged_models import (
-        download_model_files,
-        log_model,
-        model_of_run,
-    )
+    from pipeline.tracking.logged_models import log_model, model_of_run
+    from pipeline.tracking.model_files import download_model_files
 
     with tempfile.TemporaryDirectory() as directory:
         folder = Path(directory)

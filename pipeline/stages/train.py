@@ -1,35 +1,68 @@
-"""The `train` stage: a unit per model, each its own Ray Train run with its own resources and MLflow run."""
+"""The `train` stage: a unit per model, each its own Ray Train run with its own resources and MLflow run.
+
+A model entry with `init:` starts from other weights: its key holds their digest, resolved on the driver
+before anything is written (`pipeline.training.weights`); `init: unit:STAGE/NAME` makes it need that unit,
+an edge of the DAG like a retrain after its sweep."""
 from __future__ import annotations
 
 from pipeline.engine.context import RunContext
 from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
+from pipeline.errors import PipelineError
 from pipeline.hashing import digest
+from pipeline.spec.sections import init_source
 from pipeline.tracking.tags import RECIPE_TAG
 from pipeline.training.model_checks import check_models
-from pipeline.training.recipe import named_entries, training_code, training_identity
+from pipeline.training.recipe import data_shape, named_entries, training_code, training_identity
 from pipeline.training.unit import finished_output, run_training
 
 
 def recipe_key(spec, entry) -> str:
     """What the runs of one model entry share whatever their seed: the runs a leaderboard row averages."""
     identity = training_identity(spec, entry, spec.train_config(entry).model_copy(update={"seed": 0}), spec.data)
+    if entry.init != "scratch":
+        identity["init_source"] = entry.init
     return digest(identity, 16)
+
+
+def source_unit(name: str, entry, planned_names: set[str]) -> list[str]:
+    """The unit an `init: unit:...` entry needs (none for other sources), checked against the spec's units."""
+    kind, value = init_source(entry.init)
+    if kind != "unit":
+        return []
+    if value == f"train/{name}" or value.startswith(f"train/{name}@seed"):
+        raise PipelineError(f"models[{entry.name}].init {entry.init}: a unit cannot start from itself: name another "
+                            "unit of the spec")
+    if value.startswith("train/") and value not in planned_names:
+        raise PipelineError(f"models[{entry.name}].init {entry.init}: no model listed before it trains in unit "
+                            f"{value} (a source comes first in models:); units before it: "
+                            f"{', '.join(sorted(planned_names)) or 'none'}")
+    return [value]
 
 
 @stage("train", per_model=True, preflight=check_models)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """A unit per model entry, or per entry and seed (`train/resnet20@seed1`) when the spec lists seeds."""
     spec = context.spec
-    units = []
-    for name, entry in named_entries(spec):
+    entries = named_entries(spec)
+    units, names = [], set()
+    for name, entry in entries:
+        needs = source_unit(name, entry, names)  # a unit of an entry listed before it: no cycles
+        names.update(f"train/{name}" if seed is None else f"train/{name}@seed{seed}" for seed in spec.seeds or [None])
         for seed in spec.seeds or [None]:
             train = spec.train_config(entry)
             label = name if seed is None else f"{name}@seed{seed}"
             if seed is not None:
                 train = train.model_copy(update={"seed": seed})
+            def identify(outputs, entry=entry, train=train):
+                """The weights' digest is part of the key, known once they are resolved (before any run)."""
+                from pipeline.training.weights import resolve_init
+
+                init = resolve_init(context, entry, data_shape(context, spec.data), outputs)
+                return training_identity(spec, entry, train, spec.data, init)
             units.append(Unit(
-                name=f"train/{label}", stage="train", model=label,
+                name=f"train/{label}", stage="train", model=label, needs=list(needs),
+                identify=identify if entry.init != "scratch" else None,
                 code=training_code(entry.name, "pipeline/stages/train.py"), resources=spec.resources_for(entry),
                 uses_data=True, identity=training_identity(spec, entry, train, spec.data), from_run=finished_output,
                 tags={RECIPE_TAG: recipe_key(spec, entry)},

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the project: its pipeline/ and mod
 SERVING_CODE = ROOT / "pipeline" / "results" / "serving.py"
 
 
-MODEL_TAGS = ("model", "family", "paper_year", "dataset", "stage", "kind", "unit_key")
+MODEL_TAGS = ("model", "family", "paper_year", "dataset", "stage", "kind", "unit_key", "init", "init_model_id",
+              "init_digest")
 
 
 # Linked to the model and the test set (the Models tab's columns).
@@ -151,23 +152,3 @@ def classifier_files(folder: Path, state_dict, meta: dict) -> dict[str, Path]:
     torch.save(state_dict, folder / "model.pt")
     (folder / "model.json").write_text(json.dumps(meta, indent=2))
     return {"weights": folder / "model.pt", "meta": folder / "model.json"}
-
-
-def download_model_files(tracker, model_id: str, folder: Path) -> tuple[Path, Path]:
-    """(weights, model.json) of a network's LoggedModel, downloaded into `folder`."""
-    import mlflow.artifacts
-
-    from pipeline.errors import PipelineError
-
-    model = tracker.client.get_logged_model(model_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in ("model.pt", "model.json"):
-        try:
-            paths.append(Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{model.artifact_location.rstrip('/')}/artifacts/{name}", dst_path=str(folder),
-                tracking_uri=tracker.uri)))
-        except Exception:
-            raise PipelineError(f"model {model_id} has no {name}: give a model of a network trained by this "
-                                "version") from None
-    return paths[0], paths[1]

@@ -4,7 +4,7 @@ A worker reads attributes of these and nothing else; no field has a fallback her
 worker's imports knows the spec's schema."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -26,6 +26,8 @@ class Optimization:
     micro_batch: int  # per worker and step
     grad_accum_steps: int
     global_batch: int
+    layer_decay: float | None = None  # timm's layer-wise decay of the lr (create_optimizer_v2's layer_decay)
+    head_lr_scale: float | None = None  # the classifier's lr as a multiple of the others' (timm's lr_scale)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,17 @@ class Recipe:
     channels_last: bool | None  # None: on GPU
     compile: bool
     eval_test_every_epoch: bool
+    freeze: str | int | None = None  # "backbone": only the classifier trains; N: the first N layer groups frozen
+
+
+@dataclass(frozen=True)
+class Init:
+    """The weights a run starts from, resolved and adapted to the model by the driver
+    (`pipeline.training.weights`): they load strictly into the model the worker builds."""
+
+    source: str  # what the lineage names: scratch, timm:TAG, file:NAME#DIGEST, models:/m-ID
+    digest: str  # of the adapted weights; part of the unit's key
+    weights: Any = field(default=None, compare=False)  # the state dict, or its ray.ObjectRef
 
 
 @dataclass(frozen=True)
@@ -95,3 +108,4 @@ class WorkerConfig:
     staging: str | None = None  # where rank 0 writes a checkpoint before Ray copies it (set by `fit`)
     evaluate_test: bool = True  # sweep trials select on validation only and never see the test set
     system_metrics: bool = True  # each node's CPU, memory and GPU use, sent through the relay
+    init: Init | None = None  # None: random weights

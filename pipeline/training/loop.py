@@ -17,6 +17,7 @@ import torch.nn as nn
 from pipeline.data.augment import Augment
 from pipeline.training.config import WorkerConfig
 from pipeline.training.evaluation import classification_loss, evaluate
+from pipeline.training.finetune import freeze
 from pipeline.training.harness import (
     Events,
     all_reduce_sum,
@@ -72,6 +73,7 @@ class Training:
     augment: Augment
     channels_last: bool
     batches: tuple  # (train, validation or None, test)
+    frozen_norms: list = field(default_factory=list)  # batch norms of frozen layers: kept in eval mode
     eval_criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
 
     @property
@@ -80,6 +82,7 @@ class Training:
 
 
 def set_up(config: WorkerConfig, marks: dict[str, float]) -> Training:
+    import ray
     import ray.train.torch
     from timm.utils import ModelEmaV3
 
@@ -95,6 +98,10 @@ def set_up(config: WorkerConfig, marks: dict[str, float]) -> Training:
                       seed=recipe.seed + rank)
     torch.manual_seed(recipe.seed)
     model = build_model(config.model, config.num_classes, config.in_chans, **config.model_kwargs)
+    if config.init is not None and config.init.weights is not None:  # adapted to this model by the driver
+        weights = config.init.weights
+        model.load_state_dict(ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights)
+    frozen_norms = freeze(model, recipe.freeze)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if recipe.compile:
@@ -108,13 +115,16 @@ def set_up(config: WorkerConfig, marks: dict[str, float]) -> Training:
     ema = ModelEmaV3(unwrap(model), decay=recipe.ema_decay) if recipe.ema_decay else None
     marks["model"] = time.time()
     return Training(config, rank, world_size, device, autocast, model, schedule, ema,
-                    Mixer(recipe.mixing, recipe.label_smoothing, config.num_classes), augment, channels_last, batches)
+                    Mixer(recipe.mixing, recipe.label_smoothing, config.num_classes), augment, channels_last, batches,
+                    frozen_norms=frozen_norms)
 
 
 def train_one_epoch(t: Training, epoch: int, events: Events | None, on_first_step=None) -> dict[str, float]:
     """One pass over this worker's shard; the epoch's training metrics, summed over workers."""
     model, optim, hp = t.model, t.schedule.optimizer, t.config.recipe
     model.train()
+    for norm in t.frozen_norms:  # a frozen layer's statistics stay those it was given
+        norm.eval()
     # The random streams (augmentation, dropout, drop-path, Mixup) are seeded per epoch and rank.
     t.augment.generator.manual_seed(seed_epoch(hp.seed, epoch, t.rank))
     train_batches = t.batches[0]

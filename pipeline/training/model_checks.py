@@ -124,3 +124,22 @@ def check_models(context) -> None:
     offline `validate`)."""
     for entry in context.spec.models:
         check_model_kwargs(entry.name, entry.kwargs)
+        if entry.freeze is not None or entry.layer_decay is not None or entry.head_lr is not None:
+            check_finetune_options(entry)
+
+
+def check_finetune_options(entry) -> None:
+    """freeze, layer_decay and head_lr against the model (built on the meta device): one line where one cannot
+    apply (no classifier timm names, no group_matcher)."""
+    import timm
+    import torch
+
+    import models  # noqa: F401  (registers the zoo)
+    from pipeline.training.finetune import check_finetune
+
+    with torch.device("meta"):
+        model = timm.create_model(entry.name, **entry.kwargs)
+    if entry.head_lr is not None and not (hasattr(model, "get_classifier") and list(model.get_classifier().parameters())):
+        raise PipelineError(f"models[{entry.name}].head_lr: model '{entry.name}' has no classifier that timm's "
+                            "get_classifier() names: remove head_lr")
+    check_finetune(model, entry.name, entry.freeze, entry.layer_decay)

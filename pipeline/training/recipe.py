@@ -1,6 +1,7 @@
 """The driver-side recipe of a training run: model entries, identity, data shape and the worker config."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pipeline.data.fingerprint import data_fingerprint
@@ -11,6 +12,7 @@ from pipeline.spec.options import check_options
 from pipeline.spec.schema import Spec
 from pipeline.spec.sections import DataConfig, ModelEntry, TrainConfig
 from pipeline.training.config import (
+    Init,
     Mixing,
     Optimization,
     Recipe,
@@ -21,9 +23,11 @@ from pipeline.training.config import (
 
 # The code a trained network depends on (a unit's key hashes it, with its model's module): the driver's
 # recipe and unit, the harness, the worker loop and its evaluation, and the data path.
-TRAINING_CODE = ("pipeline/training/config.py", "pipeline/training/evaluation.py", "pipeline/training/harness.py",
+TRAINING_CODE = ("pipeline/training/config.py", "pipeline/training/evaluation.py", "pipeline/training/finetune.py",
+                 "pipeline/training/harness.py",
                  "pipeline/training/learning_rate.py", "pipeline/training/loop.py", "pipeline/training/mixing.py",
                  "pipeline/training/recipe.py", "pipeline/training/relay.py", "pipeline/training/unit.py",
+                 "pipeline/training/weights.py",
                  "pipeline/scoring.py", "pipeline/data")
 
 
@@ -46,12 +50,24 @@ def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
     return named
 
 
-def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig) -> dict[str, Any]:
-    """What decides a training run's result: model, recipe, data, world size and the global batch."""
+def finetune_options(entry: ModelEntry) -> dict[str, Any]:
+    """The entry's fine-tuning options that are set (freeze, layer_decay, head_lr)."""
+    return {k: v for k in ("freeze", "layer_decay", "head_lr") if (v := getattr(entry, k)) is not None}
+
+
+def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig,
+                      init: Init | None = None) -> dict[str, Any]:
+    """What decides a training run's result: model, recipe, data, world size and the global batch; and when
+    fine-tuning, its options and the digest of the weights it starts from."""
     world_size = spec.resources_for(entry).num_workers
-    return {"model": entry.name, "kwargs": entry.kwargs, "train": train.model_dump(mode="json"),
-            "data": data_fingerprint(data), "world_size": world_size,
-            "global_batch": train.batch_plan(world_size)["global_batch"]}
+    identity = {"model": entry.name, "kwargs": entry.kwargs, "train": train.model_dump(mode="json"),
+                "data": data_fingerprint(data), "world_size": world_size,
+                "global_batch": train.batch_plan(world_size)["global_batch"]}
+    if options := finetune_options(entry):
+        identity["finetune"] = options
+    if init is not None and init.source != "scratch":
+        identity["init"] = init.digest
+    return identity
 
 
 def validation_summary(history: list[dict[str, float]]) -> dict[str, float]:
@@ -124,11 +140,17 @@ def resolve_recipe(train: TrainConfig, world_size: int) -> Recipe:
 
 
 def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
-                  label: str, evaluate_test: bool = True, resources=None) -> tuple[WorkerConfig, dict[str, Any]]:
+                  label: str, evaluate_test: bool = True, resources=None,
+                  outputs: dict[str, dict] | None = None) -> tuple[WorkerConfig, dict[str, Any]]:
     """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks); `resources`
-    are the run's (default: the spec's for the entry), which fix the world size of the global batch."""
+    are the run's (default: the spec's for the entry), which fix the world size of the global batch; `outputs`
+    of the units it needs name an `init: unit:...` source."""
+    from pipeline.training.weights import resolve_init
+
     check_options(data, train)
     shape = data_shape(context, data)
+    init = resolve_init(context, entry, shape, outputs)
+    shape["init"] = init
     if resources is None:
         resources = context.spec.resources_for(entry) if entry in context.spec.models else context.spec.resources
     mean, std, stream = tuple(shape["mean"]), tuple(shape["std"]), None
@@ -148,11 +170,27 @@ def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, da
                         val_every=val_every, train_cpus=train_cpus)
         augment = TensorAugment(hflip=False, max_shift=0)
     config = WorkerConfig(
-        model=entry.name, model_kwargs=entry.kwargs, recipe=resolve_recipe(train, resources.num_workers),
+        model=entry.name, model_kwargs=entry.kwargs, recipe=finetune_recipe(entry, train, resources.num_workers),
         num_classes=len(shape["classes"]), in_chans=shape["in_chans"], mean=tuple(mean), std=tuple(std),
         augment=augment, threads=threads, splits_ref=context.splits_ref(data), stream=stream, label=label,
-        evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics)
+        evaluate_test=evaluate_test, system_metrics=context.spec.tracking.system_metrics,
+        init=None if init.source == "scratch" else replace(init, weights=_shared(init.weights)))
     return config, shape
+
+
+def finetune_recipe(entry: ModelEntry, train: TrainConfig, world_size: int) -> Recipe:
+    """The recipe with the entry's fine-tuning options: frozen layers, layer decay, the head's lr."""
+    recipe = resolve_recipe(train, world_size)
+    head_scale = entry.head_lr / train.lr if entry.head_lr is not None else None
+    return replace(recipe, freeze=entry.freeze,
+                   optim=replace(recipe.optim, layer_decay=entry.layer_decay, head_lr_scale=head_scale))
+
+
+def _shared(weights):
+    """Initial weights in Ray's object store for the workers (as they are where no Ray runs: `pipeline status`)."""
+    import ray
+
+    return ray.put(weights) if ray.is_initialized() else weights
 
 
 def check_decode_cpus(train_cpus: float) -> None:

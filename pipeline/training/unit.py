@@ -13,6 +13,7 @@ from pipeline.errors import UnitFailed
 from pipeline.spec.sections import DataConfig, ModelEntry, TrainConfig
 from pipeline.training.recipe import (
     accelerator,
+    finetune_options,
     paper_year,
     validation_summary,
     worker_config,
@@ -21,6 +22,17 @@ from pipeline.training.recipe import (
 # Summary metrics of a training run, logged once at its end under keys of their own (never per epoch).
 SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1_err", "top5", "top5_err",
                 "test_loss", "diverged", "ema_top1", "ema_top1_err", "ema_top5_err")
+
+
+def init_lineage(init) -> dict[str, str]:
+    """Where a run's weights came from, as its tags and its model.json say: `init` (scratch, the hub tag, the
+    file with its digest, the source models:/ URI), the source's model id and the initial weights' digest."""
+    if init.source == "scratch":
+        return {"init": "scratch"}
+    lineage = {"init": init.source, "init_digest": init.digest}
+    if init.source.startswith("models:/"):
+        lineage["init_model_id"] = init.source[len("models:/"):]
+    return lineage
 
 
 def finished_output(run, context: RunContext | None = None) -> dict[str, Any]:
@@ -69,15 +81,17 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
 
     context, spec, tracker, unit = job.context, job.spec, job.tracker, job.unit
     resources = unit.resources
-    config, shape = worker_config(context, entry, train, data, resources.threads, unit.name, resources=resources)
+    config, shape = worker_config(context, entry, train, data, resources.threads, unit.name, resources=resources,
+                                  outputs=job.inputs)
+    lineage = init_lineage(shape["init"])
     complexity = model_complexity(entry.name, len(shape["classes"]), shape["in_chans"], shape["image_size"],
                                   **entry.kwargs)
     tracker.log(job.run_id, complexity if not job.resumed else {}, params=None if job.resumed else {
         "model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(), "data": data.model_dump(),
         "resources": resources.model_dump(), "seed": train.seed, "epochs": train.epochs,
-        "batch": train.batch_plan(resources.num_workers)})
+        "batch": train.batch_plan(resources.num_workers), "init": lineage["init"], **finetune_options(entry)})
     for key, value in {"family": family_of(entry.name), "dataset": data.name, "paper_year": paper_year(entry.name),
-                       "accelerator": accelerator(resources), "model": entry.name}.items():
+                       "accelerator": accelerator(resources), "model": entry.name, **lineage}.items():
         tracker.client.set_tag(job.run_id, key, value)
     if not job.resumed:
         from pipeline.tracking.datasets import log_datasets, split_sizes
@@ -101,7 +115,7 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
     model_id = _log_model(job, entry.name, result.checkpoint, state, {
         "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(shape["classes"]),
         "classes": shape["classes"], "in_chans": shape["in_chans"], "image_size": shape["image_size"],
-        "mean": list(config.mean), "std": list(config.std),
+        "mean": list(config.mean), "std": list(config.std), "init": lineage,
         "preprocessing": eval_preprocessing(shape["in_chans"], shape["image_size"],
                                             config.stream.transforms["eval"] if config.stream else None)},
         {k: v for k, v in summary.items() if k in TEST_METRICS + VAL_METRICS}, data, shape["test_labels"])
