@@ -1,0 +1,155 @@
+"""Transfer: a model entry's `init:` (timm's pretrained path for weights files, LoggedModels and other units),
+its fine-tuning options (freeze, layer_decay, head_lr), the unit key that holds the initial weights' digest,
+and the lineage on runs, models and the leaderboard. Weights are made here: nothing is downloaded."""
+import io
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import save_file
+
+import models  # noqa: F401  (the zoo in timm's registry)
+from models._factory import build_model
+from pipeline.engine import registry
+from pipeline.engine.context import RunContext
+from pipeline.errors import PipelineError
+from pipeline.spec.loading import parse_spec
+from pipeline.spec.sections import ModelEntry
+from pipeline.training.config import Optimization
+from pipeline.training.finetune import freeze
+from pipeline.training.learning_rate import LearningRate
+from pipeline.training.model_checks import check_finetune_options
+from pipeline.training.weights import resolve_init
+
+SHAPE = {"classes": ["a", "b", "c", "d"], "in_chans": 1}
+
+
+def resolve(entry: ModelEntry, shape=SHAPE):
+    return resolve_init(SimpleNamespace(weights={}, tracker=None), entry, shape)
+
+
+def test_a_timm_format_file_loads_with_another_class_count_and_channel_count(tmp_path):
+    """Saved for 10 classes on RGB, loaded for 4 classes on grey images through timm's pretrained path: the body
+    as saved, the stem adapted by timm's adapt_input_conv (channels summed), the classifier reset to 4 classes."""
+    for name in ("resnet20", "resnet18"):  # the zoo's CIFAR ResNet and timm's own ResNet
+        source = build_model(name, 10, 3).state_dict()
+        save_file(source, str(tmp_path / f"{name}.safetensors"))
+        init = resolve(ModelEntry(name=name, init=str(tmp_path / f"{name}.safetensors")))
+        stem, classifier = ("stem.0", "head.fc") if name == "resnet20" else ("conv1", "fc")
+        assert init.source.startswith(f"file:{name}.safetensors#") and len(init.digest) == 16
+        assert init.weights[f"{classifier}.weight"].shape[0] == 4
+        assert torch.allclose(init.weights[f"{stem}.weight"], source[f"{stem}.weight"].sum(1, keepdim=True))
+        body = [k for k in source if not k.startswith((stem, classifier))]
+        assert all(torch.equal(init.weights[k], source[k]) for k in body)
+        build_model(name, 4, 1).load_state_dict(init.weights)  # what a worker does, strictly
+
+
+def test_a_vit_loads_at_another_image_size(tmp_path):
+    """A ViT saved at 32 px (an 8x8 grid of 4 px patches) loads at 16 px: timm's checkpoint filter resamples
+    its position embeddings to the 4x4 grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    source = build_model("vit_tiny_patch4_32", 10, 3, depth=2).state_dict()
+    torch.save(source, tmp_path / "vit.pt")
+    init = resolve(ModelEntry(name="vit_tiny_patch4_32", kwargs={"depth": 2, "img_size": 16}, init=str(tmp_path / "vit.pt")))
+    assert init.weights["pos_embed"].shape == (1, 1 + 16, 192)
+    assert torch.allclose(init.weights["pos_embed"], resample_abs_pos_embed(source["pos_embed"], (4, 4), num_prefix_tokens=1))
+    assert torch.equal(init.weights["blocks.1.mlp.fc1.weight"], source["blocks.1.mlp.fc1.weight"])
+    build_model("vit_tiny_patch4_32", 4, 1, depth=2, img_size=16).load_state_dict(init.weights)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", "no such weights file"),
+    ("not weights", "is not a safetensors file or a state dict"),
+    ("architecture", "the weights have no features.0.weight that lenet5 needs"),
+    ("shape", "layer cls_token does not fit"),
+    ("hub", "timm could not load the pretrained weights"),
+])
+def test_a_bad_source_is_one_line_naming_it(case, words, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 sets it: no network here
+    torch.save(build_model("resnet20", 10, 1).state_dict(), tmp_path / "resnet20.pt")
+    torch.save(build_model("vit_tiny_patch4_32", 10, 1, depth=2).state_dict(), tmp_path / "vit.pt")
+    (tmp_path / "notes.pt").write_text("not weights")
+    entry = {"missing": ModelEntry(name="lenet5", init=str(tmp_path / "nowhere.pt")),
+             "not weights": ModelEntry(name="lenet5", init=str(tmp_path / "notes.pt")),
+             "architecture": ModelEntry(name="lenet5", init=str(tmp_path / "resnet20.pt")),
+             "shape": ModelEntry(name="vit_tiny_patch4_32", kwargs={"depth": 2, "embed_dim": 96}, init=str(tmp_path / "vit.pt")),
+             "hub": ModelEntry(name="resnet18", init="timm:a1_in1k")}[case]
+    with pytest.raises(PipelineError) as error:
+        resolve(entry)
+    message = str(error.value)
+    assert words in message and "\n" not in message and message.startswith(f"models[{entry.name}].init "), message
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"name": "resnet20", "layer_decay": 0.7}, "models[resnet20].layer_decay: model 'resnet20' has no timm group_matcher"),
+    ({"name": "resnet20", "freeze": 2}, "models[resnet20].freeze: model 'resnet20' has no timm group_matcher"),
+    ({"name": "resnet18", "freeze": 6}, "would freeze its classifier: give at most 4"),
+])
+def test_a_finetuning_option_the_model_cannot_take_is_refused_in_one_line(entry, words):
+    with pytest.raises(PipelineError) as error:
+        check_finetune_options(ModelEntry(**entry))
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_layer_decay_and_head_lr_give_the_optimizer_decayed_groups():
+    """timm's layer-wise decay: each layer's group carries lr_scale = decay ** (depth from the top), which timm's
+    scheduler turns into its lr; the classifier's groups carry head_lr / lr."""
+    model = build_model("vit_tiny_patch4_32", 4, 1, depth=2)
+    optim = Optimization(optimizer="adamw", lr=0.01, weight_decay=0.05, momentum=0.9, scheduler="cosine",
+                         warmup_epochs=0, min_lr=0.0, decay_epochs=1, decay_milestones=(1,), decay_rate=0.1,
+                         grad_clip=None, micro_batch=8, grad_accum_steps=1, global_batch=8, layer_decay=0.5,
+                         head_lr_scale=3.0)
+    groups = LearningRate(model, optim, 1, 10).optimizer.param_groups
+    head = {id(p) for p in model.get_classifier().parameters()}
+    body = sorted({g["lr_scale"] for g in groups if not any(id(p) in head for p in g["params"])})
+    assert body == [0.5 ** 3, 0.5 ** 2, 0.5]  # the embeddings, block 0, block 1; the top layer is the head's
+    assert all(g["lr_scale"] == 3.0 for g in groups if any(id(p) in head for p in g["params"]))
+    assert {round(g["lr"] / g["lr_scale"], 9) for g in groups} == {0.01}  # the schedule's lr times each scale
+    plain = LearningRate(model, optim.__class__(**{**optim.__dict__, "layer_decay": None, "head_lr_scale": None}), 1, 10)
+    assert {g["lr"] for g in plain.optimizer.param_groups} == {0.01}
+
+
+def test_freezing_leaves_the_classifier_or_the_later_groups_trainable():
+    model = build_model("resnet18", 4, 1)
+    norms = freeze(model, "backbone")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"} and len(norms) == 20  # every batch norm stays in eval mode
+    model = build_model("resnet18", 4, 1)
+    freeze(model, 2)  # the stem and the first stage
+    frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+
+
+def plan_keys(tree):
+    context = RunContext(parse_spec(tree))
+    return {u.name: u.resolve_key({}) for u in registry.plan(context) if u.stage == "train"}
+
+
+def test_other_initial_weights_make_another_unit(tmp_path):
+    """The key holds the initial weights' digest and the fine-tuning options: the same file gives the same key,
+    other weights (even under the same name) or another option give another."""
+    path = tmp_path / "lenet5.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("lenet5", 10, 1).state_dict(), path)
+    tree = {"name": "keys", "data": {"name": "synthetic", "synthetic_size": 50}, "train": {"epochs": 1},
+            "models": [{"name": "lenet5", "init": str(path)}], "resources": {"num_workers": 1}, "stages": ["train"]}
+    first = plan_keys(tree)
+    assert plan_keys(tree) == first
+    scratch = plan_keys({**tree, "models": ["lenet5"]})
+    frozen = plan_keys({**tree, "models": [{"name": "lenet5", "init": str(path), "freeze": "backbone"}]})
+    torch.save(build_model("lenet5", 10, 1).state_dict(), path)  # other weights in the same file
+    assert len({first["train/lenet5"], plan_keys(tree)["train/lenet5"], scratch["train/lenet5"],
+                frozen["train/lenet5"]}) == 4
+
+
+def test_a_unit_source_must_come_before_it():
+    tree = {"name": "keys", "data": {"name": "synthetic", "synthetic_size": 50}, "stages": ["train"],
+            "models": [{"name": "lenet5", "init": "unit:train/resnet20"}, "resnet20"]}
+    with pytest.raises(PipelineError) as error:
+        registry.plan(RunContext(parse_spec(tree)))
+    assert "no model listed before it trains in unit train/resnet20" in str(error.value)
