@@ -153,3 +153,79 @@ def test_a_unit_source_must_come_before_it():
     with pytest.raises(PipelineError) as error:
         registry.plan(RunContext(parse_spec(tree)))
     assert "no model listed before it trains in unit train/resnet20" in str(error.value)
+
+
+def run_workflow(tree):
+    from pipeline.engine import workflow
+
+    output = io.StringIO()
+    context = workflow.run(parse_spec(tree), Console(file=output, width=200))
+    assert not context.failures, context.failure_summary() + output.getvalue()[-3000:]
+    return context
+
+
+def model_files(tracker, model_id, folder):
+    from pipeline.tracking.model_files import download_model_files
+
+    weights, meta = download_model_files(tracker, model_id, folder)
+    return torch.load(weights, weights_only=True), json.loads(meta.read_text())
+
+
+def test_a_unit_fine_tunes_from_another_unit_and_from_its_logged_model(ray_cluster, workdir):
+    """train/lenet5 trains; train/lenet5#1 starts from its LoggedModel (a DAG edge) with a frozen backbone; a
+    second spec on another data set (4 classes, RGB) starts from that LoggedModel by its models:/ URI. The
+    backbone is the source's, the classifier is trained (and has the new class count), the runs' and models'
+    tags and model.json name the source, the leaderboard shows the init column, and the same spec again is cached."""
+    from pipeline.data.stream import write_jpeg_shards
+    from pipeline.results.leaderboard import build
+    from pipeline.tracking.store import Tracker
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    tree = {"name": "transfer", "data": {"name": "synthetic", "synthetic_size": 200, "val_fraction": 0.2},
+            "models": ["lenet5", {"name": "lenet5", "init": "unit:train/lenet5", "freeze": "backbone", "head_lr": 0.05}],
+            "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0},
+            "resources": {"num_workers": 1}, "tracking": {"uri": uri, "experiment": "transfer"},
+            "storage_path": str(workdir / "checkpoints"), "stages": ["train", "leaderboard"]}
+    context = run_workflow(tree)
+    tracker = Tracker(uri)
+    source, tuned = context.outputs["train"]["lenet5"], context.outputs["train"]["lenet5#1"]
+    run = tracker.client.get_run(tuned["run_id"])
+    assert run.data.tags["init"] == f"models:/{source['model_id']}" and run.data.tags["init_model_id"] == source["model_id"]
+    assert run.data.params["init"] == run.data.tags["init"] and run.data.params["freeze"] == "backbone"
+    assert run.data.params["head_lr"] == "0.05"
+    assert tracker.client.get_logged_model(tuned["model_id"]).tags["init"] == run.data.tags["init"]
+    before, _ = model_files(tracker, source["model_id"], workdir / "source")
+    after, meta = model_files(tracker, tuned["model_id"], workdir / "tuned")
+    assert meta["init"]["init_model_id"] == source["model_id"] and meta["init"]["init_digest"] == run.data.tags["init_digest"]
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))  # frozen: as it started
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])  # the classifier trained on
+    board = build(uri, "transfer")
+    assert "init" in board.columns and {r["init"] for r in board.rows} == {"scratch", run.data.tags["init"]}
+
+    again = run_workflow(tree)  # unchanged: both cached
+    assert {again.outputs["train"][m]["run_id"] for m in ("lenet5", "lenet5#1")} == {source["run_id"], tuned["run_id"]}
+
+    write_jpeg_shards(workdir / "rgb", "train", 60, 1, (28, 28), 4)
+    write_jpeg_shards(workdir / "rgb", "test", 20, 1, (28, 28), 4)
+    other = {**tree, "name": "transfer-rgb", "data": {"name": "huggingface", "path": str(workdir / "rgb"), "val_fraction": 0.2},
+             "models": [{"name": "lenet5", "init": f"models:/{source['model_id']}", "freeze": "backbone"}]}
+    moved = run_workflow(other).outputs["train"]["lenet5"]
+    rgb, meta = model_files(tracker, moved["model_id"], workdir / "rgb-model")
+    assert meta["num_classes"] == 4 and rgb["fc.weight"].shape == (4, 84) and rgb["features.0.weight"].shape[1] == 3
+    assert all(torch.equal(before[k], rgb[k]) for k in before if not k.startswith(("fc.", "features.0.")))
+    assert tracker.client.get_run(moved["run_id"]).data.tags["init_model_id"] == source["model_id"]
+
+
+def test_a_bad_source_fails_in_one_line_before_anything_is_written(workdir):
+    """A missing weights file: `pipeline run` prints one error line, and the tracking store holds no run."""
+    import yaml
+    from conftest import run_cli
+
+    spec = {"name": "bad-init", "data": {"name": "synthetic", "synthetic_size": 50}, "train": {"epochs": 1},
+            "models": [{"name": "lenet5", "init": "weights/lenet5.safetensors"}], "resources": {"num_workers": 1},
+            "stages": ["train"]}
+    (workdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = run_cli("run", "spec.yaml", cwd=workdir)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and "no such weights file" in lines[0], lines
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlartifacts").exists()

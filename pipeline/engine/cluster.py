@@ -32,7 +32,10 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
 
     port = free_port()
     with environment_set({"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}):
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **logs)
+        # "local": a cluster of its own, never the latest `ray start` on this machine (Ray's default without an
+        # address reads /tmp/ray/ray_current_cluster, which another user's or a dead cluster may have left).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, **logs)
 
 
 class LocalCluster:
