@@ -173,10 +173,11 @@ def model_files(tracker, model_id, folder):
 
 def test_a_unit_fine_tunes_from_another_unit_and_from_its_logged_model(ray_cluster, workdir):
     """train/lenet5 trains; train/lenet5#1 starts from its LoggedModel (a DAG edge) with a frozen backbone; a
-    second spec on another data set (4 classes, RGB) starts from that LoggedModel by its models:/ URI. The
+    second spec on another data set (4 classes, RGB) starts from the registered champion (models:/NAME@alias). The
     backbone is the source's, the classifier is trained (and has the new class count), the runs' and models'
     tags and model.json name the source, the leaderboard shows the init column, and the same spec again is cached."""
     from pipeline.data.stream import write_jpeg_shards
+    from pipeline.results.champion import register_champion
     from pipeline.results.leaderboard import build
     from pipeline.tracking.store import Tracker
 
@@ -207,13 +208,14 @@ def test_a_unit_fine_tunes_from_another_unit_and_from_its_logged_model(ray_clust
 
     write_jpeg_shards(workdir / "rgb", "train", 60, 1, (28, 28), 4)
     write_jpeg_shards(workdir / "rgb", "test", 20, 1, (28, 28), 4)
+    champion = register_champion(uri, "transfer")  # a registered model by its alias (either lenet5: same backbone)
     other = {**tree, "name": "transfer-rgb", "data": {"name": "huggingface", "path": str(workdir / "rgb"), "val_fraction": 0.2},
-             "models": [{"name": "lenet5", "init": f"models:/{source['model_id']}", "freeze": "backbone"}]}
+             "models": [{"name": "lenet5", "init": "models:/transfer@champion", "freeze": "backbone"}]}
     moved = run_workflow(other).outputs["train"]["lenet5"]
     rgb, meta = model_files(tracker, moved["model_id"], workdir / "rgb-model")
     assert meta["num_classes"] == 4 and rgb["fc.weight"].shape == (4, 84) and rgb["features.0.weight"].shape[1] == 3
     assert all(torch.equal(before[k], rgb[k]) for k in before if not k.startswith(("fc.", "features.0.")))
-    assert tracker.client.get_run(moved["run_id"]).data.tags["init_model_id"] == source["model_id"]
+    assert tracker.client.get_run(moved["run_id"]).data.tags["init_model_id"] == champion["model_id"]
 
 
 def test_a_bad_source_fails_in_one_line_before_anything_is_written(workdir):

@@ -105,9 +105,12 @@ def logged_model_id(context, uri: str, where: str) -> str:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise PipelineError(f"{where}: no such model in {context.tracker.display_uri} ({reason}): give models:/m-<id> "
                             "or models:/NAME@alias of a model in this store") from None
-    if not getattr(version, "model_id", None):
+    # A version registered from a LoggedModel names it (model_id; in some stores only its source, models:/m-ID).
+    source = str(getattr(version, "source", "") or "")
+    model_id = getattr(version, "model_id", None) or (source[len("models:/"):] if source.startswith("models:/m-") else None)
+    if not model_id:
         raise PipelineError(f"{where}: registered model {name} has no LoggedModel of this product: give models:/m-<id>")
-    return version.model_id
+    return model_id
 
 
 def _from_hub(entry: ModelEntry, tag: str, num_classes: int, in_chans: int, where: str) -> dict:
