@@ -147,6 +147,17 @@ def test_kind_column_and_sweep_links_appear_only_when_needed(store):
     assert rows[0]["sweep"] == ""
 
 
+def test_init_column_appears_when_a_row_was_fine_tuned_and_each_start_is_a_row(store):
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "lenet5", 9.0)
+    assert "init" not in leaderboard.build(uri, bench).columns
+    add_run(tracker, experiment, "lenet5", 7.0, tags={"init": "models:/m-abc"})
+    board = leaderboard.build(uri, bench)
+    assert board.columns[:2] == ["model", "init"]
+    rows = list(csv.DictReader(io.StringIO(formats.to_csv(board))))
+    assert [(r["model"], r["init"]) for r in rows] == [("lenet5", "models:/m-abc"), ("lenet5", "scratch")]
+
+
 def test_imagenet_experiments_show_the_ilsvrc_winners_from_the_catalogue(db):
     from models.catalogue import FAMILIES
 

@@ -231,3 +231,12 @@ def test_a_bad_source_fails_in_one_line_before_anything_is_written(workdir):
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1 and "no such weights file" in lines[0], lines
     assert not (workdir / "mlflow.db").exists() and not (workdir / "mlartifacts").exists()
+
+
+def test_a_swept_model_with_transfer_options_is_refused_in_one_line():
+    tree = {"name": "swept", "data": {"name": "synthetic"}, "stages": ["sweep"],
+            "models": [{"name": "lenet5", "freeze": "backbone"}],
+            "sweep": {"space": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, "num_samples": 2}}
+    with pytest.raises(PipelineError) as error:
+        parse_spec(tree)
+    assert "models[lenet5].freeze applies to the train stage" in str(error.value) and "\n" not in str(error.value)
