@@ -110,6 +110,8 @@ def test_layer_decay_and_head_lr_give_the_optimizer_decayed_groups():
     assert body == [0.5 ** 3, 0.5 ** 2, 0.5]  # the embeddings, block 0, block 1; the top layer is the head's
     assert all(g["lr_scale"] == 3.0 for g in groups if any(id(p) in head for p in g["params"]))
     assert {round(g["lr"] / g["lr_scale"], 9) for g in groups} == {0.01}  # the schedule's lr times each scale
+    unscheduled = LearningRate(model, optim.__class__(**{**optim.__dict__, "scheduler": "none"}), 1, 10)
+    assert all(g["lr"] == pytest.approx(0.01 * g["lr_scale"]) for g in unscheduled.optimizer.param_groups)
     plain = LearningRate(model, optim.__class__(**{**optim.__dict__, "layer_decay": None, "head_lr_scale": None}), 1, 10)
     assert {g["lr"] for g in plain.optimizer.param_groups} == {0.01}
 
