@@ -185,7 +185,8 @@ def test_a_unit_fine_tunes_from_another_unit_and_from_its_logged_model(ray_clust
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     tree = {"name": "transfer", "data": {"name": "synthetic", "synthetic_size": 200, "val_fraction": 0.2},
-            "models": ["lenet5", {"name": "lenet5", "init": "unit:train/lenet5", "freeze": "backbone", "head_lr": 0.05}],
+            "models": ["lenet5", {"name": "lenet5", "init": "unit:train/lenet5", "freeze": "backbone", "head_lr": 0.05,
+                                   "resources": {"num_workers": 2}}],  # DDP over a frozen backbone
             "train": {"epochs": 1, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0},
             "resources": {"num_workers": 1}, "tracking": {"uri": uri, "experiment": "transfer"},
             "storage_path": str(workdir / "checkpoints"), "stages": ["train", "leaderboard"]}
