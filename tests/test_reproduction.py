@@ -117,3 +117,75 @@ def test_the_comparison_table_lists_published_ours_difference_budgets_and_verdic
     # Without a spec's rows: the catalogue's rows of the leaderboard's models.
     assert [c.reference.model for c in reproduction.compare([{**ours(30.0), "model": "resnet152"}], None)] == \
         ["resnet152"]
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """A real MLflow store: resnet20 over three seeds on CIFAR-10 (test errors 8.5, 9.0, 9.5) and the workflow run
+    that kept its spec, whose reference section gives the published row."""
+    import yaml
+
+    from pipeline.tracking.store import Tracker
+
+    folder = tmp_path_factory.mktemp("reproduction")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    experiment = tracker.experiment_id("cifar-reproduced")
+    for seed, error in enumerate((8.5, 9.0, 9.5)):
+        run_id = tracker.start_run(experiment, "resnet20", tags={"model": "resnet20", "stage": "train",
+                                                                  "recipe": "r1", "dataset": "cifar10"},
+                                   metrics={"top1": 100 - error, "top1_err": error, "top5": 99.0, "top5_err": 1.0,
+                                            "val_top1_err": 10.0, "epochs": 160},
+                                   params={"seed": seed, "data": {"augment": True, "limit_train": None}})
+        tracker.finish(run_id)
+    workflow = tracker.start_run(experiment, "workflow", tags={"stage": "workflow"})
+    tracker.log_text(workflow, yaml.safe_dump({**SPEC, "reference": {"rows": [ROW]}}), "spec.yaml")
+    tracker.finish(workflow)
+    return uri, folder
+
+
+def test_leaderboard_reference_compares_with_the_rows_of_the_spec_the_workflow_kept(tracked):
+    import csv
+
+    from conftest import run_cli
+
+    uri, folder = tracked
+    result = run_cli("leaderboard", "-e", "cifar-reproduced", "--reference", "--format", "csv", "--tracking-uri", uri,
+                     cwd=folder)
+    assert result.returncode == 0, result.stderr
+    (row,) = list(csv.DictReader(result.stdout.splitlines()))
+    assert (row["published"], row["ours"], row["n"], row["difference"], row["verdict"]) == \
+        ("8.75", "9.00 ± 0.50", "3", "+0.25", "reproduced")
+    assert row["source"] == "a paper, Table 6" and "160 epochs" in row["our budget"]
+    # A spec file given on the command line instead: its rows, and its tolerance.
+    (folder / "spec.yaml").write_text(__import__("yaml").safe_dump(
+        {**SPEC, "reference": {"rows": [{**ROW, "value": "7.0"}], "tolerance": 2.5}}))
+    result = run_cli("leaderboard", "-e", "cifar-reproduced", "--reference", "--spec", "spec.yaml", "--format", "csv",
+                     "--tracking-uri", uri, cwd=folder)
+    (row,) = list(csv.DictReader(result.stdout.splitlines()))
+    assert row["verdict"] == "reproduced" and "within tolerance ±2.50" in row["reason"]
+    alone = run_cli("leaderboard", "-e", "cifar-reproduced", "--spec", "spec.yaml", "--tracking-uri", uri, cwd=folder)
+    lines = [line for line in alone.stderr.splitlines() if line.strip()]
+    assert alone.returncode != 0 and len(lines) == 1 and "add --reference" in lines[0]
+
+
+def test_the_report_shows_published_against_ours_and_its_chart(tracked):
+    from pipeline.results.report import write_report
+
+    uri, folder = tracked
+    report = write_report(uri, "cifar-reproduced", folder / "report", log=False)
+    markdown = report.markdown.read_text()
+    assert "## Published against ours" in markdown and "| resnet20 | cifar10 | top1_err | 8.75 | 9.00 ± 0.50 |" in markdown
+    assert "](reproduction.png)" in markdown and (folder / "report" / "reproduction.png").stat().st_size > 1000
+    assert "Published against ours" in report.html.read_text()
+
+
+def test_the_chart_puts_each_model_against_the_diagonal():
+    from pipeline.results import plots
+
+    figure = plots.reproduction_chart([("resnet20", 8.75, 9.0, 0.5, "reproduced"), ("resnet56", 6.97, 9.5, None,
+                                                                                      "not reproduced")])
+    axes = figure.axes[0]
+    diagonal = next(line for line in axes.get_lines() if line.get_label() == "ours = published")
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
+    assert {t.get_text() for t in axes.texts} == {"resnet20", "resnet56"}

@@ -17,6 +17,8 @@ from pipeline.errors import PipelineError
 from pipeline.spec.reference import ReferenceConfig, ReferenceRow, catalogue
 
 REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable"
+VERDICTS = ("Verdict: reproduced when ours (mean over seeds) is within our spread, the published spread or the spec's "
+            "tolerance of the published figure; not comparable when the budgets differ (the reason says how).")
 COLUMNS = ["model", "dataset", "metric", "published", "ours", "n", "difference", "verdict", "reason",
            "published budget", "our budget", "source"]
 
