@@ -189,3 +189,23 @@ def test_the_chart_puts_each_model_against_the_diagonal():
     diagonal = next(line for line in axes.get_lines() if line.get_label() == "ours = published")
     assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
     assert {t.get_text() for t in axes.texts} == {"resnet20", "resnet56"}
+
+
+def test_the_leaderboard_stage_of_a_spec_with_a_reference_section_prints_and_keeps_the_comparison(tracked):
+    import io
+
+    from mlflow import MlflowClient
+    from rich.console import Console
+
+    from pipeline.engine import workflow
+
+    uri, folder = tracked
+    spec = parse_spec({"name": "reproduce", "stages": ["leaderboard"], "reference": {"rows": [ROW]},
+                       "tracking": {"uri": uri, "experiment": "cifar-reproduced"}})
+    output = io.StringIO()
+    context = workflow.run(spec, Console(file=output, width=250))
+    assert context.failures == []
+    assert "9.00 ± 0.50" in output.getvalue() and "reproduced" in output.getvalue()
+    client = MlflowClient(uri)
+    kept = {a.path for a in client.list_artifacts(context.parent_run_id)}
+    assert "reproduction.md" in kept
