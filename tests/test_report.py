@@ -115,6 +115,11 @@ def test_the_degradation_figure_averages_a_recipes_seeds(store, tmp_path):
     curves = plots.mean_epoch_errors(tracker.client, [runs["plain20"], other])
     assert [e for _, e in curves["train"]] == pytest.approx([52, 37, 22])
     assert [e for _, e in curves["test"]] == pytest.approx([54, 38, 24]) and "val" not in curves
+    validated = tracker.start_run(tracker.experiment_id("plain-seeds"), "resnet20", tags={"model": "resnet20"})
+    for epoch, (train, val) in enumerate(((50, 52), (30, 33)), 1):  # no per-epoch test error: the validation one
+        tracker.log(validated, {"train_top1": 100 - train, "val_top1": 100 - val}, step=epoch)
+    assert plots.mean_epoch_errors(tracker.client, [validated]) == {"train": [(1, 50), (2, 30)],
+                                                                    "val": [(1, 52), (2, 33)]}
 
 
 def test_complexity_chart_bubbles_scale_with_parameters(store):

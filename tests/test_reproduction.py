@@ -101,6 +101,14 @@ def test_a_different_budget_is_not_comparable_with_the_reason(budget, reason):
     assert compared.verdict == NOT_COMPARABLE and reason in compared.reason
 
 
+def test_an_ilsvrc_entry_is_not_comparable_with_a_run_on_our_test_split():
+    resnet = next(row for row in catalogue()["ilsvrc-winners"] if row.model == "resnet152")
+    run = {"model": "resnet152", "kind": "train", "top5_err": 3.5, "dataset": "imagenet-1k", "epochs": 90}
+    compared = verdict(resnet, run)
+    assert compared.verdict == NOT_COMPARABLE and compared.reason == \
+        "split differs: published on ILSVRC-2015 test, ours on imagenet-1k's test split"
+
+
 def test_a_cut_training_set_and_a_missing_run_are_not_comparable():
     ref = ReferenceRow.model_validate({**ROW, "budget": {**ROW["budget"], "train_images": 50000}})
     assert "ours at most 5,000" in verdict(ref, ours(8.75, limit_train=5000)).reason
