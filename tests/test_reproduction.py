@@ -217,3 +217,15 @@ def test_the_leaderboard_stage_of_a_spec_with_a_reference_section_prints_and_kee
     client = MlflowClient(uri)
     kept = {a.path for a in client.list_artifacts(context.parent_run_id)}
     assert "reproduction.md" in kept
+
+
+def test_the_experiments_description_in_the_mlflow_ui_shows_the_comparison(tracked):
+    from mlflow import MlflowClient
+
+    from pipeline.results.publish import NOTE_TAG, publish_leaderboard
+
+    uri, _ = tracked
+    board = publish_leaderboard(uri, "cifar-reproduced")
+    text = MlflowClient(uri).get_experiment(board.experiment_id).tags[NOTE_TAG]
+    assert text.startswith("**Leader: resnet20") and "**Published against ours**" in text
+    assert "| resnet20 | cifar10 | top1_err | 8.75 | 9.00 ± 0.50 | 3 | +0.25 | reproduced |" in text
