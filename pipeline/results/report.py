@@ -125,8 +125,8 @@ def render_html(board, images, notes, when: str, compared: list | None = None) -
         f"<figcaption>{html.escape(caption)}</figcaption></figure>" for _, caption, png in images)
     note_items = "".join(f'<li class="note">{html.escape(n)}</li>' for n in notes)
     experiment_url = f"{board.ui_url}/#/experiments/{board.experiment_id}/runs"
-    reference = ("<p>Grey rows: the ILSVRC-winning entries of these families (top-5 test error on ImageNet, "
-                 "mostly ensembles), from the model catalogue.</p>" if board.references else "")
+    reference = ("<p>Grey rows: the ILSVRC entries of these families (top-5 error on the challenge's test set, "
+                 "entries rather than single models), from models/references.yaml.</p>" if board.references else "")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(board.experiment)}</title>"
             f"<style>{STYLE}</style></head><body><h1>Leaderboard: {html.escape(board.experiment)}</h1>"
             f"<p>Best run per model, ranked by test top-1 error. Generated {html.escape(when)}. "
