@@ -1,12 +1,7 @@
-"""The families of the lecture, in its order: paper, year, model names, published ILSVRC result.
+"""The families of the lecture, in its order: paper, year, model names.
 
-`ilsvrc_top5_err` is the ILSVRC classification top-5 test error (%) of the entry that won with this
-family, as the lecture gives it: ZFNet 11.7, VGG 7.3, GoogLeNet 6.7 and ResNet 3.57 are stated in
-its text. AlexNet 16.4 and SENet 2.251 come from the lecture's winners chart and the papers (the
-chart's figures are not in the text). Those entries were ensembles (VGG's 7.3 was its 2nd-place
-entry; GoogLeNet won 2014): the number belongs to the family, not to one model here. The 2016
-winner (2.99, an ensemble of Inception, ResNet and WRN models) is no model here. Parameter counts
-and MACs are computed by the pipeline, not stored.
+Published results (the ILSVRC entries' top-5 errors among them) live in `models/references.yaml`, each
+with its source and budget. Parameter counts and MACs are computed by the pipeline, not stored.
 """
 from dataclasses import dataclass
 
@@ -20,25 +15,24 @@ class Family:
     year: int
     imagenet_models: tuple
     small_models: tuple
-    ilsvrc_top5_err: float | None = None
 
 
 FAMILIES = (
     Family('LeNet', 'Gradient-based learning applied to document recognition', 1998, (), ('lenet5',)),
     Family('AlexNet', 'ImageNet Classification with Deep Convolutional Neural Networks', 2012,
-           ('alexnet2012',), ('alexnet2012_cifar',), 16.4),
-    Family('ZFNet', 'Visualizing and Understanding Convolutional Networks', 2013, ('zfnet',), ('zfnet_cifar',), 11.7),
+           ('alexnet2012',), ('alexnet2012_cifar',)),
+    Family('ZFNet', 'Visualizing and Understanding Convolutional Networks', 2013, ('zfnet',), ('zfnet_cifar',)),
     Family('VGG', 'Very Deep Convolutional Networks for Large-Scale Image Recognition', 2014,
            ('vgg11', 'vgg11_bn', 'vgg13', 'vgg13_bn', 'vgg16', 'vgg16_bn', 'vgg19', 'vgg19_bn'),
-           tuple(f'vgg{d}{bn}_cifar' for d in (11, 13, 16, 19) for bn in ('', '_bn')), 7.3),
+           tuple(f'vgg{d}{bn}_cifar' for d in (11, 13, 16, 19) for bn in ('', '_bn'))),
     Family('Network in Network', 'Network In Network', 2014, ('nin',), ('nin_cifar',)),
-    Family('GoogLeNet', 'Going Deeper with Convolutions', 2014, ('googlenet_v1',), ('googlenet_v1_cifar',), 6.7),
+    Family('GoogLeNet', 'Going Deeper with Convolutions', 2014, ('googlenet_v1',), ('googlenet_v1_cifar',)),
     Family('Inception-v4', 'Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning',
            2016, ('inception_v4', 'inception_resnet_v2'), ('inception_v4_cifar', 'inception_resnet_v2_cifar')),
     Family('ResNet', 'Deep Residual Learning for Image Recognition', 2015,
            ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'),
            ('resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110',
-            'plain20', 'plain32', 'plain44', 'plain56', 'plain110'), 3.57),
+            'plain20', 'plain32', 'plain44', 'plain56', 'plain110')),
     Family('Pre-activation ResNet', 'Identity Mappings in Deep Residual Networks', 2016,
            ('resnetv2_50', 'resnetv2_101'), ('preact_resnet110', 'preact_resnet164')),
     Family('Wide ResNet', 'Wide Residual Networks', 2016, ('wide_resnet50_2', 'wide_resnet101_2'),
@@ -47,7 +41,7 @@ FAMILIES = (
            ('resnext50_32x4d', 'resnext101_32x8d'), ('resnext29_8x64d',)),
     Family('Stochastic Depth', 'Deep Networks with Stochastic Depth', 2016, ('resnet152_sd',), ('resnet110_sd',)),
     Family('SENet', 'Squeeze-and-Excitation Networks', 2018,
-           ('seresnet50', 'seresnext50_32x4d', 'senet154'), ('se_resnet20', 'se_resnet110'), 2.251),
+           ('seresnet50', 'seresnext50_32x4d', 'senet154'), ('se_resnet20', 'se_resnet110')),
     Family('FractalNet', 'FractalNet: Ultra-Deep Neural Networks without Residuals', 2017,
            ('fractalnet34',), ('fractalnet20_cifar', 'fractalnet40_cifar')),
     Family('DenseNet', 'Densely Connected Convolutional Networks', 2017,

@@ -86,6 +86,42 @@ def test_learning_curves_draw_plain_against_residual(store):
     assert lines["plain56 (train)"].get_linestyle() == "--" and lines["plain56 (test)"].get_linestyle() == "-"
 
 
+def test_the_degradation_figure_puts_plain_and_residual_nets_side_by_side_one_line_per_depth(store):
+    from pipeline.results.report import charts, degradation_runs
+
+    uri, tracker, runs, *_ = store
+    board = leaderboard.build(uri, "cifar-plain-vs-res")
+    assert degradation_runs(board) == {m: [runs[m]] for m in runs}
+    curves = {m: plots.mean_epoch_errors(tracker.client, [runs[m]]) for m in runs}
+    figure = plots.degradation_chart(curves)
+    plain, residual = figure.axes[:2]
+    assert plain.get_title() == "plain nets" and residual.get_title() == "residual nets"
+    lines = {line.get_label(): line for line in plain.get_lines()}
+    assert set(lines) == {f"plain{d} ({split})" for d in (20, 56) for split in ("train", "test")}
+    assert list(lines["plain56 (train)"].get_ydata()) == pytest.approx([60, 45, 35])
+    assert list(lines["plain56 (test)"].get_ydata()) == pytest.approx([62, 48, 38])
+    assert lines["plain56 (train)"].get_linestyle() == "--" and lines["plain56 (test)"].get_linewidth() > \
+        lines["plain56 (train)"].get_linewidth()
+    res = {line.get_label(): line for line in residual.get_lines()}
+    assert list(res["resnet56 (test)"].get_ydata()) == pytest.approx([42, 25, 12])
+    assert res["resnet56 (test)"].get_color() == lines["plain56 (test)"].get_color()  # a color per depth
+    assert "degradation.png" in [name for name, *_ in charts(tracker.client, board)[0]]
+
+
+def test_the_degradation_figure_averages_a_recipes_seeds(store, tmp_path):
+    uri, tracker, runs, *_ = store
+    other = log_training_run(tracker, tracker.experiment_id("plain-seeds"), "plain20", [54, 39, 24],
+                             [56, 40, 26], 0.041, 0.27, tmp_path)
+    curves = plots.mean_epoch_errors(tracker.client, [runs["plain20"], other])
+    assert [e for _, e in curves["train"]] == pytest.approx([52, 37, 22])
+    assert [e for _, e in curves["test"]] == pytest.approx([54, 38, 24]) and "val" not in curves
+    validated = tracker.start_run(tracker.experiment_id("plain-seeds"), "resnet20", tags={"model": "resnet20"})
+    for epoch, (train, val) in enumerate(((50, 52), (30, 33)), 1):  # no per-epoch test error: the validation one
+        tracker.log(validated, {"train_top1": 100 - train, "val_top1": 100 - val}, step=epoch)
+    assert plots.mean_epoch_errors(tracker.client, [validated]) == {"train": [(1, 50), (2, 30)],
+                                                                    "val": [(1, 52), (2, 33)]}
+
+
 def test_complexity_chart_bubbles_scale_with_parameters(store):
     uri, tracker, runs, *_ = store
     board = leaderboard.build(uri, "cifar-plain-vs-res")
@@ -101,7 +137,7 @@ def test_report_of_trained_runs_is_self_contained_html_and_markdown_and_kept_in_
     report = write_report(trained.uri, trained.experiment, out)
     page = report.html.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 3 and not re.search(r'src="(?!data:)', page)  # nothing fetched from elsewhere
+    assert len(images) == 4 and not re.search(r'src="(?!data:)', page)  # nothing fetched from elsewhere
     for encoded in images:
         assert Image.open(io.BytesIO(base64.b64decode(encoded))).size[0] > 300
     board = leaderboard.build(trained.uri, trained.experiment)
@@ -111,7 +147,7 @@ def test_report_of_trained_runs_is_self_contained_html_and_markdown_and_kept_in_
     positions = [page.index(f">{row['model']}<") for row in board.rows]
     assert positions == sorted(positions)  # in the leaderboard's order
     markdown = report.markdown.read_text()
-    for name in ("complexity.png", "learning_curves.png", "confusion.png"):
+    for name in ("degradation.png", "complexity.png", "learning_curves.png", "confusion.png"):
         assert f"]({name})" in markdown and (out / name).stat().st_size > 1000
     logged = {a.path for a in trained.tracker.client.list_artifacts(report.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/confusion.png"} <= logged

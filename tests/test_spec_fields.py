@@ -178,6 +178,22 @@ ELSEWHERE = {
     "clip.captions.image_column": "data/captions.py pairs_from_dataset: the caption set's image column",
     "clip.captions.text_column": "data/captions.py pairs_from_dataset: the caption set's text column",
     "clip.captions.split": "data/captions.py open_caption_set: the caption set's split",
+    # Published figures: read from the workflow run's spec.yaml by `pipeline leaderboard --reference` and
+    # `pipeline report` (results/reproduction.py spec_reference), never by a unit.
+    "reference.table": "spec/reference.py ReferenceConfig.resolved: the catalogue table compared against",
+    "reference.rows[].model": "results/reproduction.py compare: the leaderboard row a reference row is matched to",
+    "reference.rows[].dataset": "results/reproduction.py _budget_difference: not comparable on another data set",
+    "reference.rows[].metric": "results/reproduction.py verdict: which of our figures is compared",
+    "reference.rows[].value": "results/reproduction.py verdict: the published figure (and its printed spread)",
+    "reference.rows[].source": "results/reproduction.py: the source column of the comparison",
+    "reference.rows[].budget.epochs": "results/reproduction.py _budget_difference: epochs differ",
+    "reference.rows[].budget.train_images": "results/reproduction.py _budget_difference: training images differ",
+    "reference.rows[].budget.augmentation": "results/reproduction.py _budget_difference: augmentation differs",
+    "reference.rows[].budget.crop": "results/reproduction.py published_budget: the published budget column",
+    "reference.rows[].budget.ensemble": "results/reproduction.py _budget_difference: ensemble against one model",
+    "reference.rows[].budget.split": "results/reproduction.py _budget_difference: another evaluation split",
+    "reference.rows[].budget.notes": "results/reproduction.py published_budget: the published budget column",
+    "reference.tolerance": "results/reproduction.py verdict: how far from published still counts as reproduced",
 }
 
 

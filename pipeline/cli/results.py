@@ -27,6 +27,10 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
                 compare: Optional[str] = typer.Option(None, "--compare", help="Another experiment, side by side."),
                 publish: bool = typer.Option(False, "--publish", help="Also write it into the experiment's "
                                              "description in the MLflow UI."),
+                reference: bool = typer.Option(False, "--reference", help="Published figures beside ours, with "
+                                               "a verdict per row (the spec's reference section, else the catalogue)."),
+                spec: Optional[str] = typer.Option(None, "--spec", help="With --reference: the spec whose reference "
+                                                   "section to use (default: the one the latest workflow run kept)."),
                 tracking_uri: Optional[str] = TrackingOption) -> None:
     """Each model's run chosen by validation error, ranked by test top-1 error (nothing is selected on it)."""
     from pipeline.results import formats, leaderboard
@@ -34,10 +38,23 @@ def leaderboard(experiment: str = typer.Option("fashion-mnist", "--experiment", 
 
     if fmt not in leaderboard.FORMATS:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(leaderboard.FORMATS)}")
+    if spec and not reference:
+        raise PipelineError("--spec names the spec whose reference rows --reference compares against: add --reference")
+    if reference and compare:
+        raise PipelineError("--reference and --compare are two different tables: give one")
     tags = leaderboard.parse_tag_filters(tag)
     uri = checked_tracking_uri(tracking_uri)
     built = leaderboard.build(uri, experiment, family, tags)
-    if compare:
+    if reference:
+        from mlflow import MlflowClient
+
+        from pipeline.results import reproduction
+
+        config = reproduction.load_config(spec) if spec else \
+            reproduction.spec_reference(MlflowClient(uri), built.experiment_id)
+        reproduction.show(reproduction.compare(built.rows, config), fmt, console,
+                          f"Reproduction: {experiment} (published against ours, mean ± std over seeds)")
+    elif compare:
         formats.show_comparison(built, leaderboard.build(uri, compare, family, tags), fmt, console)
     else:
         formats.show(built, fmt, console)

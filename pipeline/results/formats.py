@@ -85,8 +85,8 @@ def show(board: Leaderboard, fmt: str, console) -> None:
         console.print(to_rich_table(board))
         console.print(FOOTNOTE)
         if board.references:
-            console.print("ref: the ILSVRC-winning entries of these families (top-5 test error on ImageNet; "
-                          "mostly ensembles), from models/catalogue.py")
+            console.print("ref: the ILSVRC entries of these families (top-5 error on the challenge's test set, "
+                          "entries rather than single models), from models/references.yaml; --reference compares")
         for note in board.notes:
             console.print(f"[yellow]note:[/] {note}")
     elif fmt == "markdown":

@@ -108,6 +108,8 @@ def _row(run) -> dict:
         "dataset": tags.get("dataset", ""),
         "recipe": tags.get("recipe"),
         "init": tags.get("init", "scratch"),  # scratch, the hub tag, the weights file or the source model
+        "augment": {"True": True, "False": False}.get(params.get("data.augment")),  # the budget of our run
+        "limit_train": _number(params.get("data.limit_train"), int),
         "_start": run.info.start_time,
     }
 
@@ -135,6 +137,8 @@ def averaged(group: list[dict]) -> dict:
         values = [r[key] for r in group if r.get(key) is not None]
         row[key] = statistics.fmean(values) if len(values) == len(group) else None
     row["top1_err_std"] = statistics.stdev(r["top1_err"] for r in group)
+    if all(r.get("top5_err") is not None for r in group):
+        row["top5_err_std"] = statistics.stdev(r["top5_err"] for r in group)
     row.update(runs=len(group), seed=",".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"] or 0)),
                diverged=any(r.get("diverged") for r in group))
     return row
@@ -202,12 +206,15 @@ def by_validation(board: "Leaderboard", kinds=SELECTION_KINDS) -> tuple[list[dic
 
 
 def ilsvrc_references() -> list[dict]:
-    """The lecture's ILSVRC winners (top-5 test error of the winning entry), from the model catalogue."""
-    from models.catalogue import FAMILIES
+    """The lecture's ILSVRC winners (top-5 test error of the winning entry), from the published figures
+    (models/references.yaml, table `ilsvrc-winners`)."""
+    from models.catalogue import FAMILIES, family_of
+    from pipeline.spec.reference import catalogue
 
-    winners = sorted((f for f in FAMILIES if f.ilsvrc_top5_err is not None), key=lambda f: f.year)
-    return [{"model": f"{f.name} (ILSVRC entry)", "kind": "reference", "family": f.name, "year": f.year,
-             "top5_err": f.ilsvrc_top5_err, "top5": 100 - f.ilsvrc_top5_err} for f in winners]
+    years = {f.name: f.year for f in FAMILIES}
+    rows = [(family_of(row.model), row.number) for row in catalogue()["ilsvrc-winners"]]
+    return [{"model": f"{family} (ILSVRC entry)", "kind": "reference", "family": family, "year": years.get(family),
+             "top5_err": error, "top5": 100 - error} for family, error in sorted(rows, key=lambda r: years.get(r[0], 0))]
 
 
 def _filter(family: str | None, tags: dict[str, str]) -> str:

@@ -3,7 +3,10 @@
 - complexity: top-1 accuracy against GMACs, bubble area by parameter count ("Comparing complexity");
 - learning curves: train and test (else validation) error per epoch for any set of runs
   (fed plain and residual nets, the lecture's plain-versus-residual chart);
-- confusion: a run's confusion matrix and per-class accuracy, from its saved test-set probabilities.
+- confusion: a run's confusion matrix and per-class accuracy, from its saved test-set probabilities;
+- reproduction: our error against the published one, one point per model, with the diagonal;
+- degradation: the ResNet paper's figure, training and test error per epoch of plain and residual nets side
+  by side, one line per depth (averaged over a recipe's seeds).
 """
 from __future__ import annotations
 
@@ -81,6 +84,80 @@ def learning_curves(client, runs: list[tuple[str, str]], title: str = "Learning 
     axes.set_xlabel("epoch")
     axes.set_ylabel("error (%)")
     axes.set_title(f"{title}\n(dashed: training error, solid: test or validation error)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def mean_epoch_errors(client, run_ids: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch train and test (else validation) error averaged over runs (a recipe's seeds), at the epochs
+    every run has."""
+    per_run = [epoch_errors(client, run_id) for run_id in run_ids]
+    curves = {}
+    for split in ("train", "test", "val"):
+        if not per_run or not all(split in run for run in per_run):
+            continue
+        by_step = [dict(run[split]) for run in per_run]
+        steps = sorted(set.intersection(*(set(points) for points in by_step)))
+        curves[split] = [(s, sum(points[s] for points in by_step) / len(by_step)) for s in steps]
+    if "test" in curves:
+        curves.pop("val", None)
+    return curves
+
+
+def degradation_chart(curves: dict[str, dict[str, list[tuple[int, float]]]], title: str = "Plain against residual"):
+    """`curves`: model -> {train, test or val: [(epoch, error %)]}. Plain nets (plainN) on the left, residual nets
+    on the right, a color per depth shared by both panels; thin dashed: training error, bold: test error."""
+    import re
+
+    def depth(model: str) -> int:
+        found = re.search(r"(\d+)", model)
+        return int(found.group(1)) if found else 0
+
+    plain = sorted((m for m in curves if m.startswith("plain")), key=depth)
+    residual = sorted((m for m in curves if not m.startswith("plain")), key=depth)
+    if not plain or not residual:
+        raise PipelineError("the plain-against-residual figure needs plain (plainN) and residual runs with per-epoch "
+                            "metrics")
+    depths = sorted({depth(m) for m in curves})
+    colors = {d: plt.cm.tab10.colors[i % 10] for i, d in enumerate(depths)}
+    figure, panels = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for axes, models, name in ((panels[0], plain, "plain"), (panels[1], residual, "residual")):
+        for model in models:
+            for split, points in curves[model].items():
+                if not points:
+                    continue
+                steps, errors = zip(*points)
+                axes.plot(steps, errors, "--" if split == "train" else "-", linewidth=1 if split == "train" else 2.2,
+                          color=colors[depth(model)], label=f"{model} ({split})")
+        axes.set_title(f"{name} nets")
+        axes.set_xlabel("epoch")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    panels[0].set_ylabel("error (%)")
+    figure.suptitle(f"{title}\n(dashed: training error, bold: test error; a color per depth)")
+    return figure
+
+
+def reproduction_chart(points: list[tuple[str, float, float, float | None, str]], title: str = "Ours against published"):
+    """`points`: (model, published, ours, our std or None, verdict); the diagonal is where ours equals published."""
+    if not points:
+        raise PipelineError("no model has both a published figure and a run: nothing to draw")
+    markers = {"reproduced": ("o", "tab:green"), "not reproduced": ("X", "tab:red"), "not comparable": ("s", "tab:gray")}
+    figure, axes = plt.subplots(figsize=(6.5, 6))
+    for model, published, ours, std, verdict in points:
+        marker, color = markers.get(verdict, ("o", "tab:blue"))
+        axes.errorbar(published, ours, yerr=std, fmt=marker, color=color, markersize=7, capsize=3)
+        axes.annotate(model, (published, ours), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    values = [v for p in points for v in (p[1], p[2])]
+    low, high = min(values), max(values)
+    pad = max(0.5, 0.1 * (high - low))
+    axes.plot([low - pad, high + pad], [low - pad, high + pad], "k--", linewidth=1, label="ours = published")
+    for verdict, (marker, color) in markers.items():
+        axes.scatter([], [], marker=marker, color=color, label=verdict)
+    axes.set_xlabel("published error (%)")
+    axes.set_ylabel("our error (%), mean ± std over seeds")
+    axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     return figure

@@ -1,6 +1,7 @@
 """The leaderboard in the MLflow UI: the experiment's description, the UI's links to models and runs."""
 from __future__ import annotations
 
+from pipeline.results import reproduction
 from pipeline.results.formats import _cell
 from pipeline.results.leaderboard import (
     FOOTNOTE,
@@ -74,6 +75,9 @@ def publish_leaderboard(tracking_uri: str, experiment: str, run_id: str | None =
     client = client or MlflowClient(tracking_uri)
     model_ids = models_by_run(client, board.experiment_id)
     text = description(board, model_ids)
+    config = reproduction.spec_reference(client, board.experiment_id)  # the table the workflow's spec reproduces
+    if config is not None and (compared := reproduction.compare(board.rows, config)):
+        text += f"\n**Published against ours**\n\n{reproduction.VERDICTS}\n\n{reproduction.to_markdown(compared)}"
     client.set_experiment_tag(board.experiment_id, NOTE_TAG, text)
     client.set_experiment_tag(board.experiment_id, KIND_TAG, MODEL_TRAINING)
     if run_id:  # the workflow run's Description: its spec's description, then the leaderboard

@@ -254,8 +254,10 @@ def complexity(entries: list[tuple[str, dict]] | None = None) -> Table:
 def models_table() -> Table:
     """`pipeline models`: every architecture with its family, paper, size and cost, small variants, ILSVRC result."""
     from models._factory import model_complexity
-    from models.catalogue import FAMILIES
+    from models.catalogue import FAMILIES, family_of
+    from pipeline.spec.reference import catalogue
 
+    ilsvrc = {family_of(row.model): row.value for row in catalogue()["ilsvrc-winners"]}
     table = Table("models", "The model zoo",
                   ["model", "family", "year", "input", "params (M)", "GMACs", "small-image variants",
                    "ILSVRC top-5 err (%)", "paper"])
@@ -266,7 +268,7 @@ def models_table() -> Table:
             first = i == 0  # the family's cells once, on its first row
             table.rows.append([name, family.name, str(family.year), shape_text(shape), c["param_count"], c["gmacs"],
                                ", ".join(family.small_models) if first else "",
-                               family.ilsvrc_top5_err if first and family.ilsvrc_top5_err is not None else "",
+                               ilsvrc.get(family.name, "") if first else "",
                                family.paper if first else ""])
     return table
 

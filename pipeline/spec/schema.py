@@ -10,6 +10,7 @@ from pipeline.spec import names
 from pipeline.spec.clip import ClipConfig
 from pipeline.spec.hints import _did_you_mean, _first_error
 from pipeline.spec.options import check_options
+from pipeline.spec.reference import ReferenceConfig
 from pipeline.spec.sections import (
     DataConfig,
     EnsembleConfig,
@@ -44,6 +45,8 @@ class Spec(Strict):
     # Train each model once per seed (the train stage; each its own unit, in place of train.seed): the
     # leaderboard shows a model's mean and standard deviation over its seeds.
     seeds: list[int] | None = Field(None, min_length=1)
+    # The published table this experiment reproduces, or its own reference rows (`pipeline leaderboard --reference`).
+    reference: ReferenceConfig | None = None
 
     @field_validator("models", mode="before")
     @classmethod

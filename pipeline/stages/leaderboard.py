@@ -25,7 +25,16 @@ def run_unit(job: Job) -> dict:
         context.print(f"[yellow]leaderboard:[/] {exc}")
         return {"run_id": job.run_id}
     formats.show(board, "table", context.display or context.console)
+    compared = []
+    if context.spec.reference is not None:  # the table this spec reproduces: published beside ours, a verdict each
+        from pipeline.results import reproduction
+
+        compared = reproduction.compare(board.rows, context.spec.reference)
+        reproduction.show(compared, "table", context.display or context.console,
+                          f"Reproduction: {board.experiment} (published against ours, mean ± std over seeds)")
     for run_id in (context.parent_run_id, job.run_id):
         context.tracker.log_text(run_id, formats.to_markdown(board), "leaderboard.md")
         context.tracker.log_text(run_id, formats.to_csv(board), "leaderboard.csv")
+        if compared:
+            context.tracker.log_text(run_id, reproduction.to_markdown(compared), "reproduction.md")
     return {"run_id": job.run_id, "board": board}
