@@ -2,12 +2,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The suite's own kept Ray cluster (pipeline/engine/warm_cluster.py): the commands the tests run join it instead of
+# each starting a cluster; stopped when the session ends. Never a user's kept cluster.
+os.environ["PIPELINE_CLUSTER_DIR"] = tempfile.mkdtemp(prefix="pipeline-suite-cluster-")
+os.environ["PIPELINE_CLUSTER_IDLE_MINUTES"] = "30"
 
 
 @pytest.fixture
@@ -109,6 +115,12 @@ def pytest_runtest_makereport(item, call):
         say(item.config, f"FAILED {report.nodeid} ({report.when}): {reason[0][:300]}")
 
 
+def pytest_sessionfinish(session, exitstatus):
+    from pipeline.engine import warm_cluster
+
+    warm_cluster.stop()
+
+
 def pytest_unconfigure(config):
     """Nothing keeps the test process alive once the results are out: threads that Ray, Tune or MLflow leave
     behind are named, and the process ends with pytest's exit status instead of waiting for them."""
@@ -147,13 +159,13 @@ class MlflowServer:
     `start` again keep its data and its port (a tracking server restarted mid-run)."""
 
     def __init__(self, folder: Path, env: dict[str, str]):
-        from pipeline.engine.cluster import free_port
+        from pipeline.engine.net import free_port
 
         self.folder, self.env, self.port, self.process = folder, env, free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "MlflowServer":
-        from pipeline.engine.cluster import http_answers, wait_for
+        from pipeline.engine.net import http_answers, wait_for
 
         self.process = subprocess.Popen(
             [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",

@@ -4,7 +4,7 @@ import yaml
 from conftest import run_cli
 from mlflow import MlflowClient
 
-from pipeline.engine.cluster import free_port
+from pipeline.engine.net import free_port
 
 
 def test_sweep_submitted_through_ray_jobs_runs_on_both_nodes_and_tracks_to_mlflow_server(cluster, workdir):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import TRAINED_MODELS, run_cli
 
-from pipeline.engine.cluster import free_port
+from pipeline.engine.net import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT_DIR = Path(os.environ.get("UI_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / ".pipeline"))

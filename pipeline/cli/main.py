@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 
 # isort: off
-from pipeline.cli import workflow, results, jobs, benchmarks  # noqa: F401  (each registers its commands, in this order)
+from pipeline.cli import workflow, results, jobs, cluster, benchmarks  # noqa: F401  (each registers its commands, in this order)
 # isort: on
 from pipeline.cli.app import app
 from pipeline.errors import PipelineError

@@ -5,9 +5,13 @@ import json
 import logging
 import os
 
+from pipeline.engine.net import free_port, http_answers, wait_for
 
-def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
-    """Start (or join, inside a Ray Job: $RAY_ADDRESS) a Ray cluster; Ray's logs stay hidden unless verbose."""
+
+def init_ray(verbose: bool = False, num_cpus: int | None = None, announce=None) -> None:
+    """Join the local cluster kept between commands (starting it if none is up; see warm_cluster), or start a
+    cluster of its own where none may be kept, or join $RAY_ADDRESS (inside a Ray Job). Ray's logs stay hidden
+    unless verbose; `announce(line)` tells the user when a kept cluster was started."""
     import ray
 
     if ray.is_initialized():
@@ -28,6 +32,19 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
     if not local:
         ray.init(**logs)
         return
+    from pipeline.engine import warm_cluster
+
+    if kept := warm_cluster.join_or_start(num_cpus):
+        state, started = kept
+        if started and announce:
+            announce(f"started a local Ray cluster ({state['num_cpus']} CPUs) that the next commands join; it "
+                     f"stops after {state['idle_minutes']:g} min idle, or with: pipeline cluster stop")
+        # The job's workers start in this folder, as a cluster of its own would start them: relative paths
+        # read the same either way.
+        ray.init(address=state["gcs"], runtime_env={"env_vars": {"PIPELINE_DRIVER_FOLDER": os.getcwd()},
+                                                    "worker_process_setup_hook": "pipeline.engine.cluster.enter_driver_folder"},
+                 **logs)
+        return
     from pipeline.environment import environment_set
 
     port = free_port()
@@ -36,6 +53,12 @@ def init_ray(verbose: bool = False, num_cpus: int | None = None) -> None:
         # address reads /tmp/ray/ray_current_cluster, which another user's or a dead cluster may have left).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, **logs)
+
+
+def enter_driver_folder() -> None:
+    """Ray's setup hook of each worker of a job on the kept cluster: the driver's working folder."""
+    if folder := os.environ.get("PIPELINE_DRIVER_FOLDER"):
+        os.chdir(folder)
 
 
 class LocalCluster:
@@ -120,35 +143,3 @@ class LocalCluster:
                 os.killpg(process.pid, signal.SIGKILL)
         for index in range(len(self.nodes)):
             shutil.rmtree(f"{self.temp}n{index}", ignore_errors=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check, timeout: float, what: str) -> None:
-    import time
-
-    from pipeline.errors import PipelineError
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    raise PipelineError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def http_answers(url: str) -> bool:
-    """Whether a server answers at `url` (a 401 counts: the dashboard is up and asks for the token)."""
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(url, timeout=2)
-        return True
-    except Exception as exc:
-        return getattr(exc, "code", None) == 401

@@ -91,7 +91,7 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     if any(u.resources is not None for u in to_run):
         from pipeline.engine.cluster import init_ray
 
-        init_ray(verbose)
+        init_ray(verbose, announce=context.console.print)
         total = check_fits(to_run, context.console)
     started = time.time()
     context.parent_run_id = tracker.start_run(
