@@ -115,12 +115,6 @@ def pytest_runtest_makereport(item, call):
         say(item.config, f"FAILED {report.nodeid} ({report.when}): {reason[0][:300]}")
 
 
-def pytest_sessionfinish(session, exitstatus):
-    from pipeline.engine import warm_cluster
-
-    warm_cluster.stop()
-
-
 def pytest_unconfigure(config):
     """Nothing keeps the test process alive once the results are out: threads that Ray, Tune or MLflow leave
     behind are named, and the process ends with pytest's exit status instead of waiting for them."""
@@ -138,7 +132,10 @@ EXIT_STATUS: dict[str, int] = {}
 
 
 def pytest_sessionfinish(session, exitstatus):
+    from pipeline.engine import warm_cluster
+
     EXIT_STATUS["session"] = int(exitstatus)
+    warm_cluster.stop()  # the suite's kept cluster
 
 
 def log_predictions(tracker, run_id: str, probs, labels, folder: Path) -> None:
