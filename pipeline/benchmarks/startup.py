@@ -1,5 +1,6 @@
 """`pipeline benchmark startup`: a whole short run, `pipeline run` against a plain PyTorch script of the same
-work, each timed as a process from its start to its printed test accuracy, alternated over repeats.
+work, each timed as a process from its start to its printed test accuracy, alternated over repeats; the
+pipeline twice, with a Ray cluster of its own and joining the local cluster kept between commands.
 
 The plain script (written here, not part of the product) trains the same model on the same in-memory
 tensors with the same recipe (optimizer, learning rate, schedule, label smoothing, augmentation, batch) in one
@@ -10,6 +11,7 @@ step (`startup_s`), training (`train_time_s`), and the rest (test evaluation, mo
 """
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -81,10 +83,10 @@ def short_spec(model: str, epochs: int, limit_train: int, workers: int, folder: 
             "storage_path": str(folder / "checkpoints"), "stages": ["train"]}
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
     """(start, wall seconds, output) of a process, from its start to its exit."""
     started = time.time()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.time() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()[-500:]}")
@@ -120,25 +122,40 @@ def run_startup_benchmark(console: Console, model: str = "resnet18", epochs: int
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     console.print(f"{model}, {epochs} epochs on {limit_train:,} Fashion-MNIST images, {workers} worker(s) x 1 "
                   f"thread against one process with {workers} threads; {repeats} alternated repeats")
-    plain, piped, parts = [], [], []
-    env_python = [sys.executable]
-    for _ in range(repeats):
-        _, wall, out = timed([*env_python, str(script), str(spec_path)], project)
-        plain.append(wall)
-        start, wall, _ = timed([*env_python, "-m", "pipeline", "run", str(spec_path), "--rerun", "all"], project)
-        piped.append(wall)
-        parts.append(pipeline_parts(uri, start, start + wall))
-    table = Table(title="Whole process, start to printed test accuracy (median of repeats)")
-    for column in ("", "wall s (min / median / max)"):
+    # Two ways to run the pipeline: a cluster of its own per command (no kept cluster), and joining the local
+    # cluster kept between commands (pipeline/engine/warm_cluster.py), started before the first repeat.
+    modes = {"pipeline run, a cluster of its own": {**os.environ, "PIPELINE_CLUSTER_IDLE_MINUTES": "0"},
+             "pipeline run, kept cluster up": {**os.environ, "PIPELINE_CLUSTER_DIR": str(folder / "kept"),
+                                               "PIPELINE_CLUSTER_IDLE_MINUTES": "30"}}
+    kept = modes["pipeline run, kept cluster up"]
+    timed([sys.executable, "-m", "pipeline", "cluster", "start", "--cpus", str(workers)], project, kept)
+    plain, walls, parts = [], {mode: [] for mode in modes}, {mode: [] for mode in modes}
+    try:
+        for _ in range(repeats):
+            _, wall, out = timed([sys.executable, str(script), str(spec_path)], project)
+            plain.append(wall)
+            for mode, env in modes.items():
+                start, wall, _ = timed([sys.executable, "-m", "pipeline", "run", str(spec_path), "--rerun", "all"],
+                                       project, env)
+                walls[mode].append(wall)
+                parts[mode].append(pipeline_parts(uri, start, start + wall))
+    finally:
+        timed([sys.executable, "-m", "pipeline", "cluster", "stop"], project, kept)
+    table = Table(title="Whole process, start to printed test accuracy (parts: medians of repeats)")
+    table.add_column("")
+    for column in ("plain PyTorch script", *modes):
         table.add_column(column)
-    table.add_row("plain PyTorch script", " / ".join(f"{f(plain):.1f}" for f in (min, statistics.median, max)))
-    table.add_row("pipeline run", " / ".join(f"{f(piped):.1f}" for f in (min, statistics.median, max)))
-    for key in parts[0]:
-        table.add_row(f"  {key}", f"{statistics.median(p[key] for p in parts):.1f}")
+    spread = lambda values: " / ".join(f"{f(values):.1f}" for f in (min, statistics.median, max))  # noqa: E731
+    table.add_row("wall s (min / median / max)", spread(plain), *(spread(walls[mode]) for mode in modes))
+    for key in parts[next(iter(modes))][0]:
+        table.add_row(f"  {key}", "", *(f"{statistics.median(p[key] for p in parts[mode]):.1f}" for mode in modes))
     console.print(table)
-    ratio = statistics.median(piped) / statistics.median(plain)
-    fixed = statistics.median(p["imports, preflight, Ray start"] + p["unit set-up"] + p["Train start to first step"]
-                              + p["after the last step"] for p in parts)
-    console.print(f"wall ratio pipeline / plain: {ratio:.2f}x; the pipeline's fixed cost {fixed:.1f} s "
-                  f"(plain script's last line: {out.strip().splitlines()[-1]})")
-    return {"ratio": ratio, "fixed_s": fixed, "plain_s": statistics.median(plain), "pipeline_s": statistics.median(piped)}
+    result = {"plain_s": statistics.median(plain)}
+    for label, mode in zip(("cold", "kept"), modes):
+        ratio = statistics.median(walls[mode]) / statistics.median(plain)
+        fixed = statistics.median(p["imports, preflight, Ray start"] + p["unit set-up"] + p["Train start to first step"]
+                                  + p["after the last step"] for p in parts[mode])
+        console.print(f"{mode}: wall ratio pipeline / plain {ratio:.2f}x, fixed cost {fixed:.1f} s")
+        result.update({f"{label}_ratio": ratio, f"{label}_fixed_s": fixed, f"{label}_s": statistics.median(walls[mode])})
+    console.print(f"plain script's last line: {out.strip().splitlines()[-1]}")
+    return result
