@@ -11,6 +11,13 @@ def _did_you_mean(name: str, known) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+def one_of(what: str, value: str, known) -> str:
+    """`value` if it is among `known`, else the one-line error naming close matches and every known value."""
+    if value not in known:
+        raise ValueError(f"unknown {what} '{value}'{_did_you_mean(value, known)}; known: {', '.join(known)}")
+    return value
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])

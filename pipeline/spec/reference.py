@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.data.catalog import DATASETS
 from pipeline.errors import PipelineError
 from pipeline.spec import names
-from pipeline.spec.hints import _did_you_mean, _first_error
+from pipeline.spec.hints import _did_you_mean, _first_error, one_of
 from pipeline.spec.sections import Strict
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "models" / "references.yaml"
@@ -63,16 +63,12 @@ class ReferenceRow(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, metric: str) -> str:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric '{metric}'{_did_you_mean(metric, METRICS)}; known: {', '.join(METRICS)}")
-        return metric
+        return one_of("metric", metric, METRICS)
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown data set '{name}'{_did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
-        return name
+        return one_of("data set", name, DATASETS)
 
     @property
     def number(self) -> float:

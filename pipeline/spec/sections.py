@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.data.catalog import DATASETS
 from pipeline.errors import PipelineError
 from pipeline.spec import names
-from pipeline.spec.hints import _did_you_mean
+from pipeline.spec.hints import _did_you_mean, one_of
 
 
 class Strict(BaseModel):
@@ -36,9 +36,7 @@ class DataConfig(Strict):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown data set '{name}'{_did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
-        return name
+        return one_of("data set", name, DATASETS)
 
     @model_validator(mode="after")
     def _source_given(self):
