@@ -226,19 +226,14 @@ def test_on_a_two_node_cluster_decode_tasks_run_on_both_nodes(shards, tmp_path):
 
 
 def own_train_worker_pids() -> list[int]:
-    """Ray Train workers of this process's local Ray cluster (children of its raylet), not other sessions'."""
-    def parent(pid: str) -> int:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    """Ray Train workers of this process's Ray job (on the cluster it joined), not other jobs' or sessions'."""
+    import ray
+    from ray.util.state import list_actors
 
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker") \
-                    and parent(str(parent(proc.name))) == os.getpid():
-                pids.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
+    job = ray.get_runtime_context().get_job_id()
+    actors = list_actors(ray.get_runtime_context().gcs_address, detail=True,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return [actor.pid for actor in actors if actor.job_id == job and actor.pid]
 
 
 def test_imagenet_resnet50_spec_trains_a_tiny_step_and_a_killed_run_resumes_at_its_epoch(ray_cluster, workdir):
