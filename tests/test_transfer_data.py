@@ -197,6 +197,11 @@ def test_the_transfer_experiment_in_small(ray_cluster, workdir):
     assert table.labels == [6] and table.regimes == ["scratch", "fine-tuned", "probe"]
     assert "Transfer: lenet5 on classes [5, 6, 7, 8, 9]" in printed and "labels per class" in printed
 
+    from pipeline.results.report import write_report
+
+    report = write_report(uri, "transfer-data", workdir / "report", log=False)
+    assert any(p.name == "transfer.png" for p in report.images) and "## Labels per class" in report.markdown.read_text()
+
     again, _ = run_workflow(tree)  # unchanged: every unit cached
     assert {name: out["run_id"] for name, out in again.outputs["train"].items()} == \
         {name: out["run_id"] for name, out in outputs.items()}
@@ -218,3 +223,11 @@ def test_labels_per_class_beyond_a_class_fail_in_one_line_before_anything_is_wri
     assert result.returncode != 0 and len(lines) == 1, lines
     assert "data.per_class 6000: class 'Sandal' has only " in lines[0] and "lower data.per_class" in lines[0]
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_rerunning_a_fine_tuned_entrys_run_keeps_the_entry_it_starts_from():
+    from pipeline.engine.rerun import _with_sources
+
+    tree = {"models": [{"id": "pretrain", "name": "lenet5"}, {"id": "probe-6", "name": "lenet5",
+                                                                "init": "unit:train/pretrain", "freeze": "backbone"}]}
+    assert _with_sources(tree, "probe-6") == ["probe-6", "pretrain"] and _with_sources(tree, "pretrain") == ["pretrain"]

@@ -55,14 +55,15 @@ class TransferTable:
 
 
 def tables(rows: list[dict]) -> list[TransferTable]:
-    """The transfer tables of a leaderboard's rows (none when no row learned from some labels per class)."""
+    """The transfer tables of a leaderboard's rows: a model on a subset of classes, where a row learned from some
+    labels per class and there is more than one row to compare (a pretraining run alone is no table)."""
     found: dict[tuple[str, str | None], TransferTable] = {}
     for row in rows:
         if row.get("kind", "train") != "train":
             continue
         table = found.setdefault((row["model"], row.get("classes")), TransferTable(row["model"], row.get("classes")))
         table.cells.setdefault((row.get("per_class"), regime(row)), row)
-    return [t for t in found.values() if any(per_class is not None for per_class, _ in t.cells)]
+    return [t for t in found.values() if any(per_class is not None for per_class, _ in t.cells) and len(t.cells) > 1]
 
 
 def lines(table: TransferTable) -> tuple[list[str], list[list[str]]]:
