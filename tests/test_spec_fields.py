@@ -49,6 +49,8 @@ CHANGES = {
     "data.max_shift": ("worker", MEMORY, 4, {}),
     "data.synthetic_size": ("worker", MEMORY, 60, {}),
     "data.seed": ("worker", MEMORY, 1, {}),
+    "data.classes": ("worker", MEMORY, [3, 1], {}),
+    "data.per_class": ("worker", MEMORY, 2, {}),
     "data.name": ("worker", {**MEMORY, "data": {"name": "huggingface", "path": "<shards>", "test_split": "validation",
                                                 "image_column": "image"}}, "cifar10", {}),
     "models[].name": ("worker", MEMORY, "resnet20", {}),
@@ -59,6 +61,8 @@ CHANGES = {
     "models[].freeze": ("worker", MEMORY, "backbone", {}),
     "models[].layer_decay": ("worker", MEMORY, 0.7, {}),
     "models[].head_lr": ("worker", MEMORY, 0.01, {}),
+    "models[].id": ("unit", MEMORY, "mine", {}),
+    "models[].data": ("worker", MEMORY, {"per_class": 2}, {}),
     "train.epochs": ("worker", MEMORY, 2, {}),
     "train.batch_size": ("worker", MEMORY, 64, {}),
     "train.global_batch_size": ("worker", MEMORY, 512, {}),
@@ -258,7 +262,8 @@ def received(tree: dict):
     units = registry.plan(context)
     entries = dict(named_entries(spec))
     entry_of = {u.name: entries[u.model.partition("@seed")[0]] for u in units if u.stage == "train"}
-    workers = [worker_config(context, entry_of[u.name], spec.train_config(entry_of[u.name]), spec.data,
+    workers = [worker_config(context, entry_of[u.name], spec.train_config(entry_of[u.name]),
+                             spec.data_config(entry_of[u.name]),
                              u.resources.threads, u.name, resources=u.resources)[0]
                for u in units if u.stage == "train"]
     planned = [(u.name, u.stage, json.dumps(u.identity, sort_keys=True, default=str), repr(u.resources), u.parallel,

@@ -58,8 +58,14 @@ def _load_split(config, split: str) -> ImageTensors:
 
 
 def load_splits(config) -> Splits:
-    """Train and validation (a seeded split of the training set) and the test set, held apart."""
+    """Train and validation (a seeded split of the training set) and the test set, held apart. With
+    `classes`, every split keeps those classes, relabelled 0..k-1; with `per_class`, the training images are
+    that many of each class, drawn from what the validation split leaves (validation is as without it)."""
     train_full = _load_split(config, "train")
-    test = _load_split(config, "test").head(config.limit_test)
+    test = _load_split(config, "test")
+    if config.classes:
+        train_full, test = train_full.select_classes(config.classes), test.select_classes(config.classes)
     train, val = train_full.split(config.val_fraction, config.seed)
-    return Splits(train.head(config.limit_train), val, test)
+    if config.per_class is not None:
+        train = train.per_class(config.per_class, config.seed)
+    return Splits(train.head(config.limit_train), val, test.head(config.limit_test))

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+SUBSET_OPTIONS = ("classes", "per_class")  # DataConfig options that select images of the data set
+
 
 def data_fingerprint(data) -> dict[str, Any]:
     """What identifies the data a unit reads, cheaply: the checksums the IDX loader verifies, the synthetic
@@ -13,6 +15,9 @@ def data_fingerprint(data) -> dict[str, Any]:
 
     info = DATASETS[data.name]
     config = data.model_dump(mode="json")
+    for subset in SUBSET_OPTIONS:  # unset, they leave the data (and the keys of units that read it) as before
+        if config.get(subset) is None:
+            config.pop(subset, None)
     if info.source == "idx":
         from pipeline.data.fashion_mnist import FILES
 

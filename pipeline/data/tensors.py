@@ -5,6 +5,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from pipeline.errors import PipelineError
+
 
 @dataclass
 class ImageTensors:
@@ -51,6 +53,30 @@ class ImageTensors:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         n_held = int(round(len(self) * fraction))
         return self.subset(order[n_held:]), self.subset(order[:n_held])
+
+    def select_classes(self, classes: list[int]) -> "ImageTensors":
+        """The images of some classes, relabelled 0..k-1 in the order given, with their names."""
+        if max(classes) >= self.num_classes:
+            raise PipelineError(f"data.classes: {self.name or 'the data set'} has classes 0..{self.num_classes - 1}, "
+                                f"not {max(classes)}: give indices below {self.num_classes}")
+        relabel = torch.full((self.num_classes,), -1, dtype=torch.int64)
+        relabel[torch.tensor(classes)] = torch.arange(len(classes))
+        kept = relabel[self.labels] >= 0
+        picked = self.subset(kept.nonzero().flatten())
+        return replace(picked, labels=relabel[picked.labels], classes=[self.classes[c] for c in classes])
+
+    def per_class(self, n: int, seed: int) -> "ImageTensors":
+        """n images of every class, drawn with a seeded permutation (the same seed draws the same first images,
+        so a smaller n is a subset of a larger one); in their original order."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        chosen = []
+        for label in range(self.num_classes):
+            mine = order[self.labels[order] == label]
+            if len(mine) < n:
+                raise PipelineError(f"data.per_class {n}: class '{self.classes[label]}' has only {len(mine)} training "
+                                    "images after the validation split: lower data.per_class (or data.val_fraction)")
+            chosen.append(mine[:n])
+        return self.subset(torch.cat(chosen).sort().values)
 
     def shard(self, rank: int, world_size: int) -> "ImageTensors":
         """The rank's share: every world_size-th image, so shards differ in size by one at most."""

@@ -39,8 +39,8 @@ def rebuild(uri: str, run_id: str, console) -> tuple[dict[str, Any], Spec, str]:
     # The stages it follows run too (their units are cached when they finished), as far as the spec had them.
     tree["stages"] = [s for s in tree.get("stages", []) if s in stage.after] + [stage.name]
     tree.setdefault("tracking", {})["uri"] = uri
-    model = unit.partition("/")[2].partition("#")[0]
-    only = [model] if model and tree.get("models") and stage.per_model else []
+    model = unit.partition("/")[2].partition("#")[0].partition("@")[0]
+    only = _with_sources(tree, model) if model and tree.get("models") and stage.per_model else []
     spec = parse_spec(tree, f"the spec of run {run_id}", only=only)
     recorded = run.data.tags.get(CODE_TAG)
     planned = next((u for u in registry.plan(RunContext(spec)) if u.name == unit), None)
@@ -65,3 +65,17 @@ def compare_line(old: dict[str, Any], new: dict[str, Any]) -> str:
     line = f"old run {old['run_id']}: {error(old)}; new run {new.get('run_id', '?')}: {error(new)}"
     a, b = (old.get("metrics") or {}).get("top1_err"), (new.get("metrics") or {}).get("top1_err")
     return line + (f" (difference {b - a:+.2f} points)" if a is not None and b is not None else "")
+
+
+def _with_sources(tree: dict, model: str) -> list[str]:
+    """The entry (a model name or an id) and the entries whose units it starts from (`init: unit:train/NAME`)."""
+    only, entries = [model], [e for e in tree["models"] if isinstance(e, dict)]
+    for name in only:
+        for entry in entries:
+            init = str(entry.get("init", ""))
+            if name in (entry.get("id"), entry.get("name")) and init.startswith("unit:train/"):
+                source = init[len("unit:train/"):].partition("#")[0].partition("@")[0]
+                if source not in only:
+                    only.append(source)
+    return only
+

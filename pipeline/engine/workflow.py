@@ -65,13 +65,15 @@ def preflight_data(context: RunContext) -> None:
     wrong column, is a one-line error, not a failed unit."""
     from pipeline.data import dataset_info, is_streaming
 
-    data = context.spec.data
-    if not is_streaming(data):
-        context.splits(data)
-        return
-    from pipeline.data.huggingface import open_dataset
+    spec = context.spec
+    configs = [spec.data] + [spec.data_config(entry) for entry in spec.models if entry.data]
+    for data in configs:  # a model's own data (a subset of the classes, labels per class) too
+        if not is_streaming(data):
+            context.splits(data)
+            continue
+        from pipeline.data.huggingface import open_dataset
 
-    open_dataset(data.path or dataset_info(data).hub_id, data.train_split, streaming=True)
+        open_dataset(data.path or dataset_info(data).hub_id, data.train_split, streaming=True)
 
 
 def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun=()) -> RunContext:

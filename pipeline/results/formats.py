@@ -6,6 +6,7 @@ import io
 import sys
 
 from pipeline.errors import PipelineError
+from pipeline.results import transfer
 from pipeline.results.leaderboard import FOOTNOTE, FORMATS, Leaderboard
 
 
@@ -70,7 +71,7 @@ def to_rich_table(board: Leaderboard):
     table.add_column("#", justify="right")
     columns = board.columns
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "init", "kind", "diverged", "family",
+        table.add_column(column, justify="left" if column in ("model", "entry", "classes", "init", "kind", "diverged", "family",
                                                               "accelerator", "run_id", "sweep") else "right")
     for rank, row in _ranked(board):
         cells = [_cell(c, _value(board, row, c)) for c in columns]
@@ -89,9 +90,12 @@ def show(board: Leaderboard, fmt: str, console) -> None:
                           "entries rather than single models), from models/references.yaml; --reference compares")
         for note in board.notes:
             console.print(f"[yellow]note:[/] {note}")
+        transfer.show(transfer.tables(board.rows), console)  # accuracy by labels per class, where rows have them
     elif fmt == "markdown":
         notes = "".join(f"- note: {note}\n" for note in board.notes)  # a markdown list below the table
-        print(to_markdown(board) + "\n" + FOOTNOTE + "\n" + ("\n" + notes if notes else ""), end="")
+        tables = transfer.to_markdown(transfer.tables(board.rows))
+        print(to_markdown(board) + "\n" + FOOTNOTE + "\n" + ("\n" + notes if notes else "")
+              + ("\n" + tables if tables else ""), end="")
     else:  # the notes go to stderr, so that the CSV stays one table
         print(to_csv(board), end="")
         for note in board.notes:

@@ -74,6 +74,9 @@ class Leaderboard:
             columns.append("sweep")
         if any(r.get("init", "scratch") != "scratch" for r in self.rows):  # where fine-tuned weights came from
             columns.insert(1, "init")
+        for column in ("per_class", "classes", "entry"):  # entries of one model on other data, each its own row
+            if any(r.get(column) is not None for r in self.rows):
+                columns.insert(1, column)
         return columns
 
     def run_url(self, run_id: str) -> str:
@@ -110,6 +113,10 @@ def _row(run) -> dict:
         "init": tags.get("init", "scratch"),  # scratch, the hub tag, the weights file or the source model
         "augment": {"True": True, "False": False}.get(params.get("data.augment")),  # the budget of our run
         "limit_train": _number(params.get("data.limit_train"), int),
+        "entry": tags.get("entry") or None,  # a model entry's own id
+        "classes": params.get("data.classes") if params.get("data.classes") not in (None, "None") else None,
+        "per_class": _number(params.get("data.per_class"), int),  # training images per class
+        "freeze": params.get("freeze"),
         "_start": run.info.start_time,
     }
 
@@ -144,6 +151,12 @@ def averaged(group: list[dict]) -> dict:
     return row
 
 
+def row_identity(row: dict) -> tuple:
+    """What makes two runs two leaderboard rows rather than two candidates for one: the model, where its weights
+    started, an entry's own id, and the data it learned from (a subset of the classes, labels per class)."""
+    return (row["model"], row.get("init", "scratch"), row.get("entry"), row.get("classes"), row.get("per_class"))
+
+
 def best_per_model(rows: list[dict]) -> list[dict]:
     """Each model's row: its recipe with the lowest validation error (`selection_error`, averaged over the
     recipe's seeds; ties: validation loss, then the earlier run), never chosen by test error; a model without
@@ -157,7 +170,7 @@ def best_per_model(rows: list[dict]) -> list[dict]:
 
     best: dict[str, dict] = {}
     for row in sorted((averaged(group) for group in seed_groups(rows)), key=choice):
-        best.setdefault((row["model"], row.get("init", "scratch")), row)  # fine-tuned and from scratch: two rows
+        best.setdefault(row_identity(row), row)  # fine-tuned and from scratch: two rows
     return sorted(best.values(), key=lambda r: (r.get("diverged", False), r["top1_err"], r["top5_err"], r["_start"],
                                                 r["model"]))
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.results import formats, leaderboard, plots, reproduction
+from pipeline.results import formats, leaderboard, plots, reproduction, transfer
 
 CURVE_KINDS = ("train", "retrain")  # runs with per-epoch metrics
 MAX_CURVES = 8
@@ -52,6 +52,9 @@ def charts(client, board: leaderboard.Leaderboard, compared: list | None = None
                         plots.png_bytes(plots.degradation_chart(curves, f"{board.experiment}: plain against residual"))))
         except PipelineError as exc:
             notes.append(f"plain-against-residual figure: {exc}")
+    for number, table in enumerate(transfer.tables(board.rows)):  # accuracy against labels per class
+        out.append((f"transfer{number or ''}.png", f"{table.title}: from scratch, fine-tuned and as a frozen-backbone "
+                    "probe", plots.png_bytes(transfer.chart(table))))
     points = [(c.reference.model, c.reference.number, c.mean, c.std, c.verdict) for c in compared or []
               if c.mean is not None]
     if points:
@@ -119,6 +122,16 @@ def _html_reproduction(compared: list) -> str:
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
+def _html_transfer(board: leaderboard.Leaderboard) -> str:
+    out = ""
+    for table in transfer.tables(board.rows):
+        header, cells = transfer.lines(table)
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>" for line in cells)
+        out += f"<h2>{html.escape(table.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return out
+
+
 def render_html(board, images, notes, when: str, compared: list | None = None) -> str:
     figures = "".join(
         f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
@@ -131,7 +144,7 @@ def render_html(board, images, notes, when: str, compared: list | None = None) -
             f"<style>{STYLE}</style></head><body><h1>Leaderboard: {html.escape(board.experiment)}</h1>"
             f"<p>Best run per model, ranked by test top-1 error. Generated {html.escape(when)}. "
             f'All runs in the MLflow UI: <a href="{html.escape(experiment_url)}">{html.escape(experiment_url)}</a></p>'
-            f"{_html_table(board)}{reference}{_html_reproduction(compared or [])}"
+            f"{_html_table(board)}{reference}{_html_transfer(board)}{_html_reproduction(compared or [])}"
             f"{'<ul>' + note_items + '</ul>' if note_items else ''}{figures}</body></html>\n")
 
 
@@ -139,6 +152,8 @@ def render_markdown(board, images, notes, when: str, compared: list | None = Non
     lines = [f"# Leaderboard: {board.experiment}", "",
              f"Best run per model, ranked by test top-1 error. Generated {when}. All runs in the MLflow UI: "
              f"{board.ui_url}/#/experiments/{board.experiment_id}/runs", "", formats.to_markdown(board, links=True)]
+    if tables := transfer.to_markdown(transfer.tables(board.rows)):
+        lines += ["## Labels per class", "", tables]
     if compared:
         lines += ["## Published against ours", "", reproduction.VERDICTS, "", reproduction.to_markdown(compared)]
     lines += [f"- note: {n}" for n in notes]

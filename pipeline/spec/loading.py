@@ -24,15 +24,20 @@ def _unshared(node: Any) -> Any:
     return node
 
 
-def _entry_name(entry: Any) -> str:
-    return str(entry.get("name") if isinstance(entry, dict) else entry)
+def _entry_names(entry: Any) -> tuple[str, ...]:
+    """What an entry is addressed by: its model's name, and its id where it has one."""
+    if not isinstance(entry, dict):
+        return (str(entry),)
+    return tuple(str(entry[key]) for key in ("name", "id") if entry.get(key) is not None)
 
 
-def _matching(names: list[str], pattern: str, what: str) -> list[int]:
-    """Indices of the names that a shell-style pattern matches; a one-line error listing them when none does."""
-    indices = [i for i, name in enumerate(names) if fnmatch.fnmatchcase(name, pattern)]
+def _matching(names: list[tuple[str, ...]], pattern: str, what: str) -> list[int]:
+    """Indices of the entries a shell-style pattern matches (by model name or id); a one-line error listing them
+    when none does."""
+    indices = [i for i, aliases in enumerate(names) if any(fnmatch.fnmatchcase(n, pattern) for n in aliases)]
     if not indices:
-        raise PipelineError(f"{what}'{pattern}' matches no model of the spec; its models: {', '.join(names)}")
+        listed = ", ".join(dict.fromkeys(n for aliases in names for n in aliases))
+        raise PipelineError(f"{what}'{pattern}' matches no model of the spec; its models: {listed}")
     return indices
 
 
@@ -44,7 +49,7 @@ def _set_path(node: Any, parts: list[str], value: Any) -> None:
         try:
             indices = [range(len(node))[int(head)]]
         except ValueError:
-            indices = _matching([_entry_name(entry) for entry in node], head, "")
+            indices = _matching([_entry_names(entry) for entry in node], head, "")
         for index in indices:
             if not rest:
                 node[index] = value
@@ -64,7 +69,7 @@ def _select_models(tree: dict, only: Sequence[str], skip: Sequence[str]) -> None
     entries = tree.get("models")
     if not isinstance(entries, list):
         return  # validation names the problem
-    names = [_entry_name(entry) for entry in entries]
+    names = [_entry_names(entry) for entry in entries]
     kept = set(range(len(entries))) if not only else {i for p in only for i in _matching(names, p, "--model ")}
     kept -= {i for p in skip for i in _matching(names, p, "--skip ")}
     tree["models"] = [entry for i, entry in enumerate(entries) if i in kept]

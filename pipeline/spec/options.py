@@ -11,6 +11,10 @@ def check_options(data, train) -> None:
     data set's path would ignore or cannot run (an option left at its default is never refused)."""
     info = dataset_info(data)
     if is_streaming(data):
+        for name in ("classes", "per_class"):
+            if getattr(data, name) is not None:
+                raise PipelineError(f"data.{name} applies to in-memory data sets; '{data.name}' streams: remove "
+                                    f"data.{name}, or set data.streaming: false where the set fits in memory")
         if data.max_shift != type(data).model_fields["max_shift"].default:
             raise PipelineError(f"data.max_shift applies to in-memory data sets; '{data.name}' streams and is "
                                 "augmented by train.transforms (scale, ratio, hflip): remove data.max_shift")

@@ -94,9 +94,9 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _transfer_in_train_only(self):
         for entry in self.models:
-            if entry.finetuned and "sweep" in self.stages and self.swept(entry):
-                option = next(k for k in ("init", "freeze", "layer_decay", "head_lr")
-                              if getattr(entry, k) not in (None, "scratch"))
+            if (entry.finetuned or entry.data) and "sweep" in self.stages and self.swept(entry):
+                option = next(k for k in ("init", "freeze", "layer_decay", "head_lr", "data")
+                              if getattr(entry, k) not in (None, "scratch", {}))
                 raise ValueError(f"models[{entry.name}].{option} applies to the train stage; sweeps and retrains start "
                                  f"from scratch: leave {entry.name} out of sweep.models, or remove {option}")
         return self
@@ -117,12 +117,49 @@ class Spec(Strict):
     def _overrides_valid(self):
         for entry in self.models:
             train = self.train_config(entry)
+            data = self.data_config(entry)
             try:
                 train.batch_plan(self.resources_for(entry).num_workers)
-                check_options(self.data, train)
+                check_options(data, train)
             except PipelineError as exc:
-                raise ValueError(f"models[{entry.name}]: {exc}") from None
+                raise ValueError(f"models[{entry.id or entry.name}]: {exc}") from None
+        if "ensemble" in self.stages and (own := [e.id or e.name for e in self.models if e.data]):
+            raise ValueError(f"models[{own[0]}].data: the ensemble stage averages its members' probabilities on one "
+                             "test set, and this model has a data set of its own: remove the ensemble stage, or the "
+                             "model's data:")
         return self
+
+    @model_validator(mode="after")
+    def _unit_names_distinct(self):
+        labels = [label for label, _ in self.named_entries()]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ValueError(f"models: two entries are named '{label}' (an id, or a model's own name): give "
+                                 "each entry a distinct id")
+        return self
+
+    def named_entries(self) -> list[tuple[str, ModelEntry]]:
+        """The distinct model entries, each with a name unique in the spec: its `id`, else the model's, with its
+        place in the list when two entries of one model differ (`lenet5`, `lenet5#1`). An entry identical to an
+        earlier one is the same unit, listed once."""
+        seen_names, seen_entries, named = set(), [], []
+        for index, entry in enumerate(self.models):
+            if entry in seen_entries:
+                continue
+            label = entry.id or (entry.name if entry.name not in seen_names else f"{entry.name}#{index}")
+            named.append((label, entry))
+            seen_names.add(label)
+            seen_entries.append(entry)
+        return named
+
+    def data_config(self, entry: ModelEntry) -> DataConfig:
+        """The data section with the model's own overrides applied (a subset of the classes, labels per class)."""
+        if not entry.data:
+            return self.data
+        try:
+            return DataConfig.model_validate({**self.data.model_dump(exclude_unset=True), **entry.data})
+        except ValidationError as exc:
+            raise ValueError(f"models[{entry.id or entry.name}].data: {_first_error(exc)}") from None
 
     def train_config(self, entry: ModelEntry) -> TrainConfig:
         """The train section with the model's own overrides applied."""

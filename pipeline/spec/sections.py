@@ -1,9 +1,10 @@
 """The spec's sections for data, training recipe, model entries, resources, ensembles and tracking."""
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from pipeline.data.catalog import DATASETS
 from pipeline.errors import PipelineError
@@ -32,11 +33,37 @@ class DataConfig(Strict):
     streaming: bool | None = None  # default: the data set's own (ImageNet streams)
     synthetic_size: int = Field(2000, ge=10)
     seed: int = 0
+    # A subset of the classes (their indices in the data set), kept in this order and relabelled 0..k-1 with
+    # their names; the test set keeps the same classes. In-memory data sets only.
+    classes: list[StrictInt] | None = Field(None, min_length=2)
+    # Training images per class, drawn (seeded by data.seed) from what the validation split leaves: the
+    # validation set is the one the full training set gives. In-memory data sets only.
+    per_class: StrictInt | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         return one_of("data set", name, DATASETS)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[int] | None) -> list[int] | None:
+        if classes is not None:
+            if any(c < 0 for c in classes):
+                raise ValueError(f"{classes}: class indices start at 0")
+            if len(set(classes)) != len(classes):
+                raise ValueError(f"{classes} repeats a class: list each once")
+        return classes
+
+    @model_validator(mode="after")
+    def _subset_fits(self):
+        known = DATASETS[self.name].classes
+        if self.classes and known and max(self.classes) >= len(known):
+            raise ValueError(f"classes: '{self.name}' has classes 0..{len(known) - 1}, not {max(self.classes)}: "
+                             "give indices below " + str(len(known)))
+        if self.per_class is not None and self.limit_train is not None:
+            raise ValueError("per_class and limit_train both cap the training set: give one")
+        return self
 
     @model_validator(mode="after")
     def _source_given(self):
@@ -160,7 +187,10 @@ class TrainConfig(Strict):
 
 class ModelEntry(Strict):
     name: str
+    # A name of its own: its unit (train/ID), its leaderboard row (tag `entry`) and `init: unit:train/ID`.
+    id: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra arguments of timm.create_model
+    data: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the data section
     train: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the train section
     resources: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the resources section
     # Where the weights start (pipeline/training/weights.py): scratch; timm (the model's default pretrained tag)
@@ -180,6 +210,13 @@ class ModelEntry(Strict):
         if kind == "model" and not value.strip("/"):
             raise ValueError(f"init '{init}': give a model, e.g. models:/m-<id> or models:/NAME@champion")
         return init
+
+    @field_validator("id")
+    @classmethod
+    def _id_spelling(cls, id: str | None) -> str | None:
+        if id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", id):
+            raise ValueError(f"id '{id}': use letters, digits and - _ . (it names the unit, train/ID)")
+        return id
 
     @field_validator("freeze", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
 
 def run_unit(job: Job) -> dict:
     """Print the experiment's leaderboard and keep it (markdown and CSV) on the workflow run and its own."""
-    from pipeline.results import formats, leaderboard
+    from pipeline.results import formats, leaderboard, transfer
 
     context = job.context
     try:
@@ -32,8 +32,11 @@ def run_unit(job: Job) -> dict:
         compared = reproduction.compare(board.rows, context.spec.reference)
         reproduction.show(compared, "table", context.display or context.console,
                           f"Reproduction: {board.experiment} (published against ours, mean ± std over seeds)")
+    tables = transfer.to_markdown(transfer.tables(board.rows))  # by labels per class (printed with the table)
     for run_id in (context.parent_run_id, job.run_id):
         context.tracker.log_text(run_id, formats.to_markdown(board), "leaderboard.md")
+        if tables:
+            context.tracker.log_text(run_id, tables, "transfer.md")
         context.tracker.log_text(run_id, formats.to_csv(board), "leaderboard.csv")
         if compared:
             context.tracker.log_text(run_id, reproduction.to_markdown(compared), "reproduction.md")

@@ -11,7 +11,7 @@ from pipeline.engine.units import Unit
 from pipeline.errors import PipelineError
 from pipeline.hashing import digest
 from pipeline.spec.sections import init_source
-from pipeline.tracking.tags import RECIPE_TAG
+from pipeline.tracking.tags import ENTRY_TAG, RECIPE_TAG
 from pipeline.training.model_checks import check_models
 from pipeline.training.recipe import data_shape, named_entries, training_code, training_identity
 from pipeline.training.unit import finished_output, run_training
@@ -19,7 +19,8 @@ from pipeline.training.unit import finished_output, run_training
 
 def recipe_key(spec, entry) -> str:
     """What the runs of one model entry share whatever their seed: the runs a leaderboard row averages."""
-    identity = training_identity(spec, entry, spec.train_config(entry).model_copy(update={"seed": 0}), spec.data)
+    identity = training_identity(spec, entry, spec.train_config(entry).model_copy(update={"seed": 0}),
+                                 spec.data_config(entry))
     if entry.init != "scratch":
         identity["init_source"] = entry.init
     return digest(identity, 16)
@@ -47,6 +48,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     entries = named_entries(spec)
     units, names = [], set()
     for name, entry in entries:
+        data = spec.data_config(entry)
         needs = source_unit(name, entry, names)  # a unit of an entry listed before it: no cycles
         names.update(f"train/{name}" if seed is None else f"train/{name}@seed{seed}" for seed in spec.seeds or [None])
         for seed in spec.seeds or [None]:
@@ -54,17 +56,17 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
             label = name if seed is None else f"{name}@seed{seed}"
             if seed is not None:
                 train = train.model_copy(update={"seed": seed})
-            def identify(outputs, entry=entry, train=train):
+            def identify(outputs, entry=entry, train=train, data=data):
                 """The weights' digest is part of the key, known once they are resolved (before any run)."""
                 from pipeline.training.weights import resolve_init
 
-                init = resolve_init(context, entry, data_shape(context, spec.data), outputs)
-                return training_identity(spec, entry, train, spec.data, init)
+                init = resolve_init(context, entry, data_shape(context, data), outputs)
+                return training_identity(spec, entry, train, data, init)
             units.append(Unit(
                 name=f"train/{label}", stage="train", model=label, needs=list(needs),
                 identify=identify if entry.init != "scratch" else None,
                 code=training_code(entry.name, "pipeline/stages/train.py"), resources=spec.resources_for(entry),
-                uses_data=True, identity=training_identity(spec, entry, train, spec.data), from_run=finished_output,
-                tags={RECIPE_TAG: recipe_key(spec, entry)},
-                run=lambda job, entry=entry, train=train: run_training(job, entry, train, job.spec.data)))
+                uses_data=True, identity=training_identity(spec, entry, train, data), from_run=finished_output,
+                tags={RECIPE_TAG: recipe_key(spec, entry), **({ENTRY_TAG: entry.id} if entry.id else {})},
+                run=lambda job, entry=entry, train=train, data=data: run_training(job, entry, train, data)))
     return units

@@ -26,7 +26,7 @@ SERVING_CODE = ROOT / "pipeline" / "results" / "serving.py"
 
 
 MODEL_TAGS = ("model", "family", "paper_year", "dataset", "stage", "kind", "unit_key", "init", "init_model_id",
-              "init_digest")
+              "init_digest", "entry")
 
 
 # Linked to the model and the test set (the Models tab's columns).

@@ -8,3 +8,4 @@ TRAIN_NAME_TAG = "ray_train_name"  # the Ray Train run (checkpoint folder) the u
 LEASE_OWNER_TAG = "lease_owner"  # driver id: host/pid/uuid
 LEASE_EXPIRES_TAG = "lease_expires"  # unix seconds; the holder renews it while it runs the unit
 RECIPE_TAG = "recipe"  # a training run's model and recipe without its seed: the runs one leaderboard row averages
+ENTRY_TAG = "entry"  # a model entry's own id: its leaderboard row, apart from other entries of the model

@@ -37,17 +37,8 @@ def training_code(model: str, *more: str) -> tuple[str, ...]:
 
 
 def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
-    """The spec's distinct model entries, each with a name unique in the spec: the model's, with its place
-    in the list when two entries of one model differ (`lenet5`, `lenet5#1`). An entry identical to an
-    earlier one is the same unit, listed once."""
-    seen_names, seen_entries, named = set(), [], []
-    for index, entry in enumerate(spec.models):
-        if entry in seen_entries:
-            continue
-        named.append((entry.name if entry.name not in seen_names else f"{entry.name}#{index}", entry))
-        seen_names.add(entry.name)
-        seen_entries.append(entry)
-    return named
+    """The spec's distinct model entries with their unit names (`Spec.named_entries`)."""
+    return spec.named_entries()
 
 
 def finetune_options(entry: ModelEntry) -> dict[str, Any]:
@@ -65,6 +56,8 @@ def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: D
                 "global_batch": train.batch_plan(world_size)["global_batch"]}
     if options := finetune_options(entry):
         identity["finetune"] = options
+    if entry.id is not None:  # its own unit and leaderboard row, whatever else it shares with another entry
+        identity["entry"] = entry.id
     if init is not None and init.source != "scratch":
         identity["init"] = init.digest
     return identity

@@ -89,7 +89,8 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
     tracker.log(job.run_id, complexity if not job.resumed else {}, params=None if job.resumed else {
         "model": entry.name, "model_kwargs": entry.kwargs, "train": train.model_dump(), "data": data.model_dump(),
         "resources": resources.model_dump(), "seed": train.seed, "epochs": train.epochs,
-        "batch": train.batch_plan(resources.num_workers), "init": lineage["init"], **finetune_options(entry)})
+        "batch": train.batch_plan(resources.num_workers), "init": lineage["init"], **finetune_options(entry),
+        **({"entry": entry.id} if entry.id else {})})
     for key, value in {"family": family_of(entry.name), "dataset": data.name, "paper_year": paper_year(entry.name),
                        "accelerator": accelerator(resources), "model": entry.name, **lineage}.items():
         tracker.client.set_tag(job.run_id, key, value)

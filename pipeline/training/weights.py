@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,16 @@ def resolve_init(context, entry: ModelEntry, shape: dict[str, Any], outputs: dic
             raise PipelineError(f"models[{entry.name}].init {entry.init}: unit {value} left no LoggedModel to start "
                                 f"from: train it again (--rerun '{value}')")
         kind, value = "model", f"models:/{output['model_id']}"
-    key = json.dumps([kind, value, entry.name, entry.kwargs, len(shape["classes"]), shape["in_chans"]],
+    key = json.dumps([kind, value, entry.name, entry.kwargs, list(shape["classes"]), shape["in_chans"]],
                      sort_keys=True, default=str)
     if key not in context.weights:
-        context.weights[key] = _resolve(context, entry, kind, value, len(shape["classes"]), shape["in_chans"])
+        context.weights[key] = _resolve(context, entry, kind, value, list(shape["classes"]), shape["in_chans"])
     return context.weights[key]
 
 
-def _resolve(context, entry: ModelEntry, kind: str, value: str, num_classes: int, in_chans: int) -> Init:
+def _resolve(context, entry: ModelEntry, kind: str, value: str, classes: list[str], in_chans: int) -> Init:
     where = f"models[{entry.name}].init {entry.init}"
+    num_classes = len(classes)
     if kind == "timm":
         state = _from_hub(entry, value, num_classes, in_chans, where)
         name = value if "." in value else f"{entry.name}.{value}" if value else entry.name
@@ -82,7 +84,10 @@ def _resolve(context, entry: ModelEntry, kind: str, value: str, num_classes: int
         if meta.get("model") != entry.name:
             raise PipelineError(f"{where}: model {model_id} is a {meta.get('model')}, not a {entry.name}: start "
                                 f"{entry.name} from a model of its own architecture")
-        state = _from_file(entry, weights, num_classes, in_chans, where)
+        # A model of other classes (pretrained on some classes, fine-tuned on others) gets a new classifier,
+        # even where the count is the same: its rows would stand for the source's classes.
+        state = _from_file(entry, weights, num_classes, in_chans, where,
+                           reset_head=meta.get("classes") not in (None, classes))
     return Init(source=f"models:/{model_id}", digest=weights_digest(state), weights=state)
 
 
@@ -123,7 +128,9 @@ def _from_hub(entry: ModelEntry, tag: str, num_classes: int, in_chans: int, wher
         raise PipelineError(f"{where}: timm's tag {name} is for {name.split('.')[0]}, not {entry.name}: give "
                             f"timm:{entry.name}.TAG or just the tag")
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **entry.kwargs)
+        with _seeded():
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
+                                      **entry.kwargs)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PipelineError(f"{where}: timm could not load the pretrained weights ({reason}): check the tag "
@@ -132,8 +139,21 @@ def _from_hub(entry: ModelEntry, tag: str, num_classes: int, in_chans: int, wher
     return model.state_dict()
 
 
-def _from_file(entry: ModelEntry, path: Path, num_classes: int, in_chans: int, where: str) -> dict:
-    """A weights file through timm's pretrained path, after checking that it is this architecture's."""
+@contextmanager
+def _seeded():
+    """A new classifier (where timm resets one) drawn from a fixed seed: the same weights give the same initial
+    state, and so the same unit key, on every run; the caller's random state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _from_file(entry: ModelEntry, path: Path, num_classes: int, in_chans: int, where: str,
+               reset_head: bool = False) -> dict:
+    """A weights file through timm's pretrained path, after checking that it is this architecture's;
+    `reset_head` gives it a new classifier whatever the class counts."""
     import timm
     from timm.models import load_state_dict
 
@@ -154,12 +174,13 @@ def _from_file(entry: ModelEntry, path: Path, num_classes: int, in_chans: int, w
     overlay = {"file": str(path), "num_classes": num_classes, "classifier": head_module or None,
                "input_size": (in_chans, *tuple(cfg.get("input_size") or (3, 224, 224))[1:])}
     if head_module and f"{head_module}.weight" in source:
-        overlay["num_classes"] = int(source[f"{head_module}.weight"].shape[0])
+        overlay["num_classes"] = -1 if reset_head else int(source[f"{head_module}.weight"].shape[0])
     if first_conv and f"{first_conv}.weight" in source:
         overlay["input_size"] = (int(source[f"{first_conv}.weight"].shape[1]), *overlay["input_size"][1:])
     try:
-        loaded = timm.create_model(entry.name, pretrained=True, pretrained_cfg_overlay=overlay,
-                                   num_classes=num_classes, in_chans=in_chans, **entry.kwargs)
+        with _seeded():
+            loaded = timm.create_model(entry.name, pretrained=True, pretrained_cfg_overlay=overlay,
+                                       num_classes=num_classes, in_chans=in_chans, **entry.kwargs)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PipelineError(f"{where}: timm could not load {path.name} into {entry.name} ({reason}): give weights "
