@@ -136,6 +136,7 @@ def degradation_chart(curves: dict[str, dict[str, list[tuple[int, float]]]], tit
         axes.legend(fontsize=8)
     panels[0].set_ylabel("error (%)")
     figure.suptitle(f"{title}\n(dashed: training error, bold: test error; a color per depth)")
+    figure.tight_layout(rect=(0, 0, 1, 0.9))  # the two-line title above the panels' own titles
     return figure
 
 
