@@ -19,7 +19,7 @@ from pipeline.engine.context import RunContext
 from pipeline.errors import PipelineError
 from pipeline.spec.loading import parse_spec
 from pipeline.spec.schema import Spec
-from pipeline.training.recipe import named_entries, worker_config
+from pipeline.training.recipe import worker_config
 
 MEMORY = {"name": "fields", "data": {"name": "synthetic", "synthetic_size": 50}, "models": [{"name": "lenet5"}],
           "train": {"epochs": 1}, "resources": {"num_workers": 1}, "stages": ["train"]}
@@ -260,7 +260,7 @@ def received(tree: dict):
     context = RunContext(spec)
     context.splits_ref = lambda data=None: digest(context.splits(data))
     units = registry.plan(context)
-    entries = dict(named_entries(spec))
+    entries = dict(spec.named_entries())
     entry_of = {u.name: entries[u.model.partition("@seed")[0]] for u in units if u.stage == "train"}
     workers = [worker_config(context, entry_of[u.name], spec.train_config(entry_of[u.name]),
                              spec.data_config(entry_of[u.name]),

@@ -75,7 +75,9 @@ def test_the_next_command_joins_the_kept_cluster_and_its_workers_import_the_code
         assert second["pid"] != first["pid"]  # fresh worker processes per command
         assert first["folder"] == second["folder"] == str(tmp_path)  # workers start in the driver's folder
         status = run_cli("cluster", "status", cwd=tmp_path, env=env)
-        assert status.returncode == 0 and status.stdout.startswith("up: 2 CPUs" if state["num_cpus"] == 2 else "up:")
+        assert status.returncode == 0 and status.stdout.startswith(f"up: {state['num_cpus']} CPUs")
+        again = run_cli("cluster", "start", cwd=tmp_path, env=env)
+        assert again.returncode == 0 and again.stdout.startswith(f"already up: {state['num_cpus']} CPUs")
     finally:
         stopped = run_cli("cluster", "stop", cwd=tmp_path, env=env)
     assert stopped.returncode == 0 and f"stopped the cluster at {state['gcs']}" in stopped.stdout

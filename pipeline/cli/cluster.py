@@ -25,18 +25,13 @@ def start(cpus: int = typer.Option(None, "--cpus", min=1, help="Logical CPUs (de
 
     if warm_cluster.idle_minutes() == 0:
         raise PipelineError("PIPELINE_CLUSTER_IDLE_MINUTES=0 keeps no cluster: unset it, or give minutes")
-    state = warm_cluster.current()
-    if state is not None:
-        if cpus not in (None, state["num_cpus"]):
-            raise PipelineError(f"a kept cluster with {state['num_cpus']} CPUs is up: pipeline cluster stop, "
-                                f"then start it with --cpus {cpus}")
-        console.print(f"already up: {_describe(state)}")
-        return
     kept = warm_cluster.join_or_start(cpus)
-    if kept is None:  # raced by another command that started one for another project or CPU count
-        raise PipelineError("another kept cluster is up (pipeline cluster status): stop it first")
-    state, _ = kept
-    console.print(f"started: {_describe(state)}")
+    if kept is None:  # one of another CPU count, Python or project is up
+        other = warm_cluster.current()
+        raise PipelineError(f"another kept cluster is up{f' ({_describe(other)})' if other else ''}: "
+                            "pipeline cluster stop, then start it again")
+    state, started = kept
+    console.print(f"{'started' if started else 'already up'}: {_describe(state)}")
 
 
 @cluster_app.command("status")

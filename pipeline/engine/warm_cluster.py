@@ -19,6 +19,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.engine.net import free_port, http_answers, wait_for
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[2]  # the project whose code the cluster's workers import
@@ -206,8 +207,6 @@ def _idle(dashboard: str, minutes: float) -> bool:
 def _keep(cpus: int, minutes: float) -> None:
     """The keeper: start the head, write the state file, stop everything after `minutes` without a driver."""
     import secrets
-
-    from pipeline.engine.net import free_port, http_answers, wait_for
 
     gcs, dashboard = free_port(), free_port()
     temp = Path("/tmp") / f"rk{secrets.token_hex(3)}"  # short: Ray's socket paths have a length limit

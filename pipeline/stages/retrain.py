@@ -11,7 +11,7 @@ from pipeline.engine.registry import stage
 from pipeline.engine.units import Unit
 from pipeline.spec.sections import TrainConfig
 from pipeline.training.model_checks import check_models
-from pipeline.training.recipe import named_entries, training_code, training_identity
+from pipeline.training.recipe import training_code, training_identity
 from pipeline.training.unit import finished_output, run_training
 
 
@@ -27,7 +27,7 @@ def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     # The validation split goes back into training: selection is over.
     data = spec.data.model_copy(update={"val_fraction": 0.0})
     units = []
-    for name, entry in named_entries(spec):
+    for name, entry in spec.named_entries():
         if not spec.swept(entry):
             continue
         sweep = f"sweep/{name}"

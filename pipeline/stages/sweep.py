@@ -15,7 +15,6 @@ from pipeline.engine.units import Unit
 from pipeline.errors import UnitFailed
 from pipeline.training.model_checks import check_models
 from pipeline.training.recipe import (
-    named_entries,
     training_code,
     training_identity,
     worker_config,
@@ -54,7 +53,7 @@ def finished_sweep(run, context: RunContext) -> dict[str, Any]:
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     spec = context.spec
     units = []
-    for name, entry in named_entries(spec):
+    for name, entry in spec.named_entries():
         if not spec.swept(entry):
             continue
         identity = {**training_identity(spec, entry, spec.train_config(entry), spec.data),

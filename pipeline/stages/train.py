@@ -13,7 +13,7 @@ from pipeline.hashing import digest
 from pipeline.spec.sections import init_source
 from pipeline.tracking.tags import ENTRY_TAG, RECIPE_TAG
 from pipeline.training.model_checks import check_models
-from pipeline.training.recipe import data_shape, named_entries, training_code, training_identity
+from pipeline.training.recipe import data_shape, training_code, training_identity
 from pipeline.training.unit import finished_output, run_training
 
 
@@ -45,7 +45,7 @@ def source_unit(name: str, entry, planned_names: set[str]) -> list[str]:
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """A unit per model entry, or per entry and seed (`train/resnet20@seed1`) when the spec lists seeds."""
     spec = context.spec
-    entries = named_entries(spec)
+    entries = spec.named_entries()
     units, names = [], set()
     for name, entry in entries:
         data = spec.data_config(entry)

@@ -36,11 +36,6 @@ def training_code(model: str, *more: str) -> tuple[str, ...]:
     return (*TRAINING_CODE, *model_code(model), *more)
 
 
-def named_entries(spec: Spec) -> list[tuple[str, ModelEntry]]:
-    """The spec's distinct model entries with their unit names (`Spec.named_entries`)."""
-    return spec.named_entries()
-
-
 def finetune_options(entry: ModelEntry) -> dict[str, Any]:
     """The entry's fine-tuning options that are set (freeze, layer_decay, head_lr)."""
     return {k: v for k in ("freeze", "layer_decay", "head_lr") if (v := getattr(entry, k)) is not None}
