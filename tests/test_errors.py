@@ -384,6 +384,35 @@ def test_an_image_folder_with_a_file_that_is_not_an_image_names_the_file(tmp_pat
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_skip_unreadable_leaves_the_files_out_with_a_count_and_keeps_every_label_with_its_image(tmp_path, capsys,
+                                                                                                monkeypatch):
+    from pipeline.data import load_splits
+    from pipeline.spec.options import check_options
+    from pipeline.spec.sections import DataConfig, TrainConfig
+
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "cache"))
+    write_image_folder(tmp_path / "pets", per_class=5)
+    (tmp_path / "pets" / "train" / "cat" / "0.png").write_bytes(b"not an image\n")  # the first cat
+    (tmp_path / "pets" / "train" / "dog" / "notes.png").write_bytes(b"not an image either\n")
+    data = {"name": "huggingface", "path": str(tmp_path / "pets"), "image_size": 12, "in_chans": 3,
+            "val_fraction": 0}
+    with pytest.raises(PipelineError, match=r"and 1 more of its 11 images.*data.skip_unreadable: true"):
+        load_splits(DataConfig(**data))
+    splits = load_splits(DataConfig(**data, skip_unreadable=True))
+    assert "left out 2 of its 11 images" in capsys.readouterr().out
+    # Nine images: four cats (shades 41-44; 0.png was the one cut) and five dogs, each with its own label.
+    assert len(splits.train.labels) == 9 and splits.train.classes == ["cat", "dog"]
+    shades = splits.train.images[:, 0, 0, 0].tolist()
+    assert sorted(zip(splits.train.labels.tolist(), shades)) == [(0, s) for s in range(41, 45)] + \
+        [(1, s) for s in range(200, 205)]
+    assert len(splits.test.labels) == 10  # the test split had nothing to leave out
+    # Options that cannot apply are refused in one line: a streamed set, a set not read from files.
+    with pytest.raises(PipelineError, match=r"data.skip_unreadable applies to in-memory data sets"):
+        check_options(DataConfig(**data, skip_unreadable=True, streaming=True), TrainConfig())
+    with pytest.raises(ValueError, match=r"data.skip_unreadable does not apply to data set 'fashion_mnist'"):
+        DataConfig(name="fashion_mnist", skip_unreadable=True)
+
+
 def test_an_image_folder_with_a_single_class_says_it_needs_two(tmp_path):
     write_image_folder(tmp_path / "lonely", classes=("cat",))
     image_folder_spec(tmp_path, "lonely")

@@ -54,7 +54,7 @@ def _load_split(config, split: str) -> ImageTensors:
         config.path or info.hub_id, config.train_split if split == "train" else config.test_split,
         config.image_column or info.image_column, config.label_column or info.label_column, in_chans,
         config.image_size or info.image_size or 32, *normalization(config, in_chans),
-        info.hflip, list(info.classes) or None)
+        info.hflip, list(info.classes) or None, config.skip_unreadable)
 
 
 def load_splits(config) -> Splits:

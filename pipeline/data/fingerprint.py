@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SUBSET_OPTIONS = ("classes", "per_class")  # DataConfig options that select images of the data set
+SUBSET_OPTIONS = ("classes", "per_class", "skip_unreadable")  # DataConfig options that select images of the set
 
 
 def data_fingerprint(data) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def data_fingerprint(data) -> dict[str, Any]:
     info = DATASETS[data.name]
     config = data.model_dump(mode="json")
     for subset in SUBSET_OPTIONS:  # unset, they leave the data (and the keys of units that read it) as before
-        if config.get(subset) is None:
+        if config.get(subset) in (None, False):
             config.pop(subset, None)
     if info.source == "idx":
         from pipeline.data.fashion_mnist import FILES

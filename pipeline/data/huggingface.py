@@ -64,32 +64,38 @@ def _check_classes(names: list[str], source: str, label_column: str) -> None:
                             "data.label_column")
 
 
-def open_images(dataset, image_column: str, source: str) -> list:
-    """The split's images as PIL images, each decoded whole; files that are not images are named in one error
-    (PIL's traceback from inside the run otherwise)."""
+def open_images(dataset, image_column: str, source: str, skip_unreadable: bool = False) -> tuple[list, list[int]]:
+    """The split's images as PIL images, each decoded whole, and the rows they come from. Files that are not
+    images are named in one error (PIL's traceback from inside the run otherwise), or with `skip_unreadable`
+    left out, their count and the first of them printed."""
     import io
 
     import datasets
     from PIL import Image
 
     if not isinstance(dataset.features[image_column], datasets.Image):
-        return dataset[image_column]
-    images, broken = [], []
+        return dataset[image_column], list(range(len(dataset)))
+    images, rows, broken = [], [], []
     for i, item in enumerate(dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]):
         try:
             image = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
             image.load()  # a truncated file fails here, not at its first use
             images.append(image)
+            rows.append(i)
         except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
             where = item.get("path") or f"row {i}"
             reason = str(exc).strip().splitlines()[0].replace(f" '{where}'", "") if str(exc).strip() else ""
             broken.append((where, reason or type(exc).__name__))
     if broken:
         (where, reason), more = broken[0], len(broken) - 1
+        if skip_unreadable and images:
+            print(f"data set '{source}': left out {len(broken)} of its {len(images) + len(broken)} images that are "
+                  f"not images it can read (data.skip_unreadable), the first {where} ({reason})", flush=True)
+            return images, rows
         others = f" and {more} more of its {len(images) + len(broken)} images" if more else ""
-        raise PipelineError(f"data set '{source}': {where} is not an image it can read ({reason}){others}: "
-                            "remove or replace the file(s), then run again")
-    return images
+        fix = "remove or replace the file(s), or set data.skip_unreadable: true to leave them out"
+        raise PipelineError(f"data set '{source}': {where} is not an image it can read ({reason}){others}: {fix}")
+    return images, rows
 
 
 def _check_columns(features, image_column: str, label_column: str, source: str) -> None:
@@ -117,11 +123,13 @@ def decode_images(images, in_chans: int, image_size: int) -> torch.Tensor:
 
 
 def load_image_tensors(source: str, split: str, image_column: str, label_column: str, in_chans: int,
-                       image_size: int, mean, std, hflip: bool, classes: list[str] | None = None) -> ImageTensors:
+                       image_size: int, mean, std, hflip: bool, classes: list[str] | None = None,
+                       skip_unreadable: bool = False) -> ImageTensors:
     """Load a whole split as tensors, once: later calls read the cached tensors."""
     dataset = open_dataset(source, split)
     _check_columns(dataset.features, image_column, label_column, source)
-    key = "|".join(map(str, [source, split, image_column, label_column, in_chans, image_size, dataset._fingerprint]))
+    key = "|".join(map(str, [source, split, image_column, label_column, in_chans, image_size, dataset._fingerprint,
+                             *(["skip_unreadable"] if skip_unreadable else [])]))
     cache_file = CACHE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if cache_file.exists():
         images, labels, cached_classes = torch.load(cache_file, weights_only=True)
@@ -129,7 +137,8 @@ def load_image_tensors(source: str, split: str, image_column: str, label_column:
         labels = torch.as_tensor(dataset[label_column], dtype=torch.long)
         cached_classes = _class_names(dataset.features, label_column, labels)
         _check_classes(cached_classes, source, label_column)
-        images = decode_images(open_images(dataset, image_column, source), in_chans, image_size)
+        opened, rows = open_images(dataset, image_column, source, skip_unreadable)
+        images, labels = decode_images(opened, in_chans, image_size), labels[rows]
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         torch.save((images, labels, cached_classes), cache_file)
     return ImageTensors(images, labels, classes or cached_classes, tuple(mean), tuple(std), hflip, name=source)

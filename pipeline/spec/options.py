@@ -11,8 +11,8 @@ def check_options(data, train) -> None:
     data set's path would ignore or cannot run (an option left at its default is never refused)."""
     info = dataset_info(data)
     if is_streaming(data):
-        for name in ("classes", "per_class"):
-            if getattr(data, name) is not None:
+        for name in ("classes", "per_class", "skip_unreadable"):
+            if getattr(data, name) not in (None, False):
                 raise PipelineError(f"data.{name} applies to in-memory data sets; '{data.name}' streams: remove "
                                     f"data.{name}, or set data.streaming: false where the set fits in memory")
         if data.max_shift != type(data).model_fields["max_shift"].default:

@@ -39,6 +39,9 @@ class DataConfig(Strict):
     # Training images per class, drawn (seeded by data.seed) from what the validation split leaves: the
     # validation set is the one the full training set gives. In-memory data sets only.
     per_class: StrictInt | None = Field(None, ge=1)
+    # Image files a loader cannot read: stop and name them (False), or leave them out and say how many (True).
+    # In-memory sets read from files (huggingface) only.
+    skip_unreadable: bool = False
 
     @field_validator("name")
     @classmethod
@@ -74,7 +77,7 @@ class DataConfig(Strict):
         # Options that the data set's loader never reads, refused rather than ignored.
         unread = ["synthetic_size"] if source != "synthetic" else ["path"]
         if source != "huggingface":
-            unread += ["image_column", "label_column", "train_split", "test_split", "streaming"]
+            unread += ["image_column", "label_column", "train_split", "test_split", "streaming", "skip_unreadable"]
         for name in unread:
             if getattr(self, name) not in (defaults[name].get_default(call_default_factory=True), False):
                 raise ValueError(f"data.{name} does not apply to data set '{self.name}' ({source} source): "
