@@ -156,6 +156,7 @@ CHANGES = {
 REFUSED = {
     "data.image_column": (STREAM, "absent", {}, "data.image_column"),
     "data.label_column": (STREAM, "absent", {}, "data.label_column"),
+    "data.skip_unreadable": (STREAM, True, {}, "data.skip_unreadable applies to in-memory data sets"),
 }
 
 # Fields whose consumer is not a planned unit or a worker: where each one is read.
