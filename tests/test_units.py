@@ -170,3 +170,17 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(PipelineError, match="holds more than tensors and plain containers and is not loaded"):
         read_state(Checkpoint.from_directory(str(tmp_path)))
     assert "this ran" not in capsys.readouterr().out
+
+
+def test_the_interrupt_line_says_how_to_resume_and_that_rerun_would_start_over():
+    import signal
+
+    from pipeline.engine.signals import Interrupted, interrupt_line
+
+    line = interrupt_line(Interrupted(signal.SIGINT), ["train/lenet5", "train/resnet20"])
+    assert "interrupted (SIGINT):[/] stopped unit(s) train/lenet5, train/resnet20" in line
+    assert "Run the same command again to resume." in line
+    # A unit that --rerun named would train again from the start: the line says to drop --rerun to resume it.
+    line = interrupt_line(Interrupted(signal.SIGTERM), ["train/lenet5", "train/resnet20"], ["train/lenet5"])
+    assert "interrupted (SIGTERM)" in line and "same command again" not in line
+    assert "without --rerun to resume train/lenet5 (with it, they train again from the start)" in line

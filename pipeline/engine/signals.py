@@ -40,12 +40,17 @@ def raising_interrupted():
             signal.signal(sig, handler)
 
 
-def interrupt_line(exc: KeyboardInterrupt, stopped: list[str]) -> str:
-    """What an interrupt stopped and how to resume, for the terminal."""
+def interrupt_line(exc: KeyboardInterrupt, stopped: list[str], forced: list[str] = ()) -> str:
+    """What an interrupt stopped and how to resume, for the terminal. `forced`: the stopped units that
+    `--rerun` named, which the same command would train again from the start rather than resume."""
     how = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
     what = f"unit(s) {', '.join(stopped)}" if stopped else "the workflow"
+    resume = "Run the same command again to resume."
+    if forced:
+        resume = (f"Run the same command without --rerun to resume {', '.join(forced)} (with it, they train again "
+                  "from the start).")
     return (f"[bold red]interrupted ({signal.Signals(how).name}):[/] stopped {what}; their runs are marked KILLED "
-            "and their checkpoints kept. Run the same command again to resume.")
+            f"and their checkpoints kept. {resume}")
 
 
 def exit_interrupted(exc: KeyboardInterrupt) -> None:

@@ -126,7 +126,9 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
         status = "FAILED" if context.failures else "FINISHED"
     except KeyboardInterrupt as exc:
         status = "KILLED"
-        context.console.print(interrupt_line(exc, engine.interrupted()))
+        stopped = engine.interrupted()
+        forced = [name for name in stopped if name in engine.states and engine.forced(engine.states[name].unit)]
+        context.console.print(interrupt_line(exc, stopped, forced))
         raise
     finally:
         engine._stop.set()
