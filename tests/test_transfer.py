@@ -208,6 +208,13 @@ def test_a_unit_fine_tunes_from_another_unit_and_from_its_logged_model(ray_clust
 
     again = run_workflow(tree)  # unchanged: both cached
     assert {again.outputs["train"][m]["run_id"] for m in ("lenet5", "lenet5#1")} == {source["run_id"], tuned["run_id"]}
+    # `pipeline status` resolves the fine-tuned unit's key through its cached source: cached, not pending.
+    from pipeline.engine import workflow
+
+    engine = workflow.prepare(parse_spec(tree), Console(file=io.StringIO()))
+    workflow.resolve_through_cache(engine)
+    states = {row["unit"]: row["state"] for row in workflow.unit_table(engine)}
+    assert states["train/lenet5#1"].startswith(f"cached (run {tuned['run_id'][:12]}"), states
 
     write_jpeg_shards(workdir / "rgb", "train", 60, 1, (28, 28), 4)
     write_jpeg_shards(workdir / "rgb", "test", 20, 1, (28, 28), 4)

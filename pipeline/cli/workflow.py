@@ -108,6 +108,7 @@ def status(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list
     loaded = load_spec(spec, set_ or [], only or [], skip or [])
     _quiet_mlflow(False)
     engine = workflow.prepare(loaded, console, rerun=rerun or [])
+    workflow.resolve_through_cache(engine)
     table = Table(title=f"{loaded.name}: experiment '{loaded.experiment_name}' in {engine.context.tracker.display_uri}")
     for column in ("unit", "needs", "key", "state", "resources"):
         table.add_column(column)

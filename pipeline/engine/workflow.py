@@ -153,6 +153,22 @@ def run(spec: Spec, console: Console | None = None, verbose: bool = False, rerun
     return context
 
 
+def resolve_through_cache(engine: Engine) -> None:
+    """For `pipeline status`: the keys, and so the states, of units whose needs are all cached, from those runs'
+    outputs, as a run resolves them (a fine-tuned unit's weights digest, a retrain's best config); a unit whose
+    needs must still run stays pending."""
+    outputs: dict[str, dict] = {}
+    for unit in engine.units:  # planned after the units they need
+        state = engine.states[unit.name]
+        if unit.key is None and unit.needs and not unit.after and all(n in outputs for n in unit.needs):
+            try:
+                engine.resolve(unit, {n: outputs[n] for n in unit.needs})
+            except PipelineError:  # what the run would fail on: the unit stays pending, the run says why
+                continue
+        if unit.key is not None and state.state == "cached" and unit.from_run is not None:
+            outputs[unit.name] = unit.from_run(state.run, engine.context)
+
+
 def unit_table(engine: Engine) -> list[dict[str, Any]]:
     """Per unit: name, needs, key, state (with its run or reason), resources: what `pipeline status` shows."""
     rows = []
