@@ -14,7 +14,6 @@ from models._factory import build_model
 from pipeline.clip.evaluation import load_trained, zero_shot_classifier
 from pipeline.data.captions import EVAL_TEMPLATES
 from pipeline.engine import workflow
-from pipeline.errors import PipelineError
 from pipeline.spec.loading import parse_spec
 from pipeline.spec.sections import ModelEntry
 from pipeline.training.weights import resolve_init
@@ -37,7 +36,8 @@ def transfer_spec(workdir, **entry) -> dict:
                         "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 0}, **entry}],
             "resources": {"num_workers": 1},
             "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}", "experiment": "clip-transfer"},
-            "storage_path": str(workdir / "checkpoints"), "stages": ["clip_pretrain", "zero_shot", "train"]}
+            "storage_path": str(workdir / "checkpoints"),
+            "stages": ["clip_pretrain", "zero_shot", "train", "leaderboard"]}
 
 
 def test_the_classifier_starts_as_zero_shot_and_wise_ft_interpolates(ray_cluster, workdir):
@@ -70,6 +70,11 @@ def test_the_classifier_starts_as_zero_shot_and_wise_ft_interpolates(ray_cluster
     # a = 1 is the fine-tuned model: the test top-1 its workers measured.
     assert metrics["wise_ft_top1_a1.00"] == pytest.approx(metrics["top1"])
     assert 0 <= metrics["wise_ft_top1_a0.50"] <= 100
+    # The leaderboard's row shows them, test top-1 per a.
+    board = context.outputs["leaderboard"]["board"]
+    row = next(r for r in board.rows if r["run_id"] == run.info.run_id)
+    assert "wise_ft" in board.columns and row["wise_ft"] == " ".join(
+        f"{a:.2f}:{metrics[f'wise_ft_top1_a{a:.2f}']:.2f}" for a in ALPHAS)
 
     # Lineage: the run names the CLIP pretraining run it started from; the unit key holds the weights' digest.
     tags = run.data.tags
