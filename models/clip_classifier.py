@@ -7,6 +7,7 @@ from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from ._common import cfg, create
+from .clip import check_model_name_or_raise, register_small_models
 
 
 def image_tower(clip_model: str):
@@ -14,8 +15,6 @@ def image_tower(clip_model: str):
     width); built from open_clip's config (the small models of models.clip among them), no text tower."""
     import open_clip
     from open_clip.model import _build_vision_tower
-
-    from .clip import check_model_name_or_raise, register_small_models
 
     register_small_models()
     check_model_name_or_raise(clip_model)
