@@ -81,6 +81,10 @@ def test_the_classifier_starts_as_zero_shot_and_wise_ft_interpolates(ray_cluster
     assert tags["init"] == f"clip:runs:/{pretrain_id}/model" and tags["init_run_id"] == pretrain_id
     assert tags["init_digest"] == init.digest and tags["family"] == "CLIP"
     assert run.data.params["wise_ft"] == str(ALPHAS)
+    # The same spec again: the same initial weights, the same key, nothing runs.
+    again = workflow.run(spec, QUIET)
+    assert again.outputs["train"]["clip_image_classifier"]["run_id"] == train["run_id"]
+    assert again.outputs["clip_pretrain"]["run_id"] == pretrain_id
 
 
 def test_the_head_matches_zero_shot_on_an_open_clip_model_with_the_data_normalisation():
@@ -138,3 +142,17 @@ def test_bad_clip_sources_and_options_fail_in_one_line_before_anything_is_writte
     if (workdir / "mlflow.db").exists():
         client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
         assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_freeze_layer_decay_and_head_lr_apply_to_the_clip_classifier():
+    """timm's get_classifier() names the head and the group_matcher orders the tower: stem, stages, head."""
+    from pipeline.training.finetune import coarse_groups, freeze, head_names
+    from pipeline.training.model_checks import check_finetune_options
+
+    check_finetune_options(ModelEntry(name="clip_image_classifier", freeze=4, layer_decay=0.7, head_lr=0.01))
+    model = build_model("clip_image_classifier", 3, 1, clip_model="clip-rn-32")
+    assert head_names(model) == {"head.weight", "head.bias"}
+    groups = coarse_groups(model)
+    assert groups[0][0].startswith("visual.conv1") and set(groups[-1]) == {"head.weight", "head.bias"}
+    freeze(model, "backbone")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
