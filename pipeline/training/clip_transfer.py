@@ -18,9 +18,15 @@ from pipeline.errors import PipelineError
 from pipeline.spec.sections import CLIP_CLASSIFIER, ModelEntry
 
 
-def clip_source(entry: ModelEntry, value: str, outputs: dict[str, dict] | None, where: str) -> str:
+def clip_source(entry: ModelEntry, value: str, shape: dict[str, Any], outputs: dict[str, dict] | None,
+                where: str) -> str:
     """runs:/RUN_ID of the pretraining unit `value` names (unit:clip_pretrain/MODEL), or the open_clip
-    model and tag as given."""
+    model and tag as given; checked against the entry and its data first."""
+    if entry.name != CLIP_CLASSIFIER:
+        raise PipelineError(f"{where}: a clip init starts a {CLIP_CLASSIFIER}, not a {entry.name}")
+    if entry.wise_ft is not None and shape["stream"]:
+        raise PipelineError(f"models[{entry.name}].wise_ft: WiSE-FT is evaluated on an in-memory test set: set "
+                            "data.streaming: false or remove wise_ft")
     if not value.startswith("unit:"):
         return value
     run_id = ((outputs or {}).get(value[len("unit:"):]) or {}).get("run_id")
@@ -40,11 +46,6 @@ def clip_weights(context, entry: ModelEntry, source: str, shape: dict[str, Any],
     from pipeline.clip.evaluation import load_trained, zero_shot_classifier
     from pipeline.data.captions import EVAL_TEMPLATES
 
-    if entry.name != CLIP_CLASSIFIER:
-        raise PipelineError(f"{where}: a clip init starts a {CLIP_CLASSIFIER}, not a {entry.name}")
-    if entry.wise_ft is not None and shape["stream"]:
-        raise PipelineError(f"models[{entry.name}].wise_ft: WiSE-FT is evaluated on an in-memory test set: set "
-                            "data.streaming: false or remove wise_ft")
     if source.startswith("runs:/"):
         run_id = source[len("runs:/"):]
         with tempfile.TemporaryDirectory() as folder:

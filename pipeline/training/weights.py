@@ -59,9 +59,9 @@ def resolve_init(context, entry: ModelEntry, shape: dict[str, Any], outputs: dic
     if kind == "clip":  # a CLIP model's image tower, the head its zero-shot classifier (clip_transfer.py)
         from pipeline.training.clip_transfer import clip_source
 
-        value = clip_source(entry, value, outputs, where)
+        value = clip_source(entry, value, shape, outputs, where)
     key = json.dumps([kind, value, entry.name, entry.kwargs, list(shape["classes"]), shape["in_chans"]]
-                     + ([list(shape["mean"]), list(shape["std"]), bool(shape["stream"])] if kind == "clip" else []),
+                     + ([list(shape["mean"]), list(shape["std"])] if kind == "clip" else []),
                      sort_keys=True, default=str)
     if key not in context.weights:
         if kind == "clip":
