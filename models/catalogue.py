@@ -64,7 +64,7 @@ _PREFIXES = (
     ('inception_resnet', 'Inception-v4'), ('inception_v4', 'Inception-v4'), ('vit_', 'ViT'),
     ('wide_resnet', 'Wide ResNet'), ('resnetv2', 'Pre-activation ResNet'), ('resnext', 'ResNeXt'),
     ('seresne', 'SENet'), ('senet', 'SENet'), ('legacy_se', 'SENet'), ('resnet', 'ResNet'),
-    ('vgg', 'VGG'), ('densenet', 'DenseNet'),
+    ('vgg', 'VGG'), ('densenet', 'DenseNet'), ('clip_', 'CLIP'),
 )
 
 

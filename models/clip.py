@@ -35,10 +35,10 @@ SMALL_MODELS: dict[str, dict[str, Any]] = {
 
 @lru_cache(maxsize=1)
 def register_small_models() -> None:
-    """Make the small models known to open_clip (and the model zoo to timm, for timm image towers)."""
+    """Make the small models known to open_clip (and the zoo's resnet20 to timm, for a timm image tower)."""
     import open_clip
 
-    import models  # noqa: F401  (registers the zoo in timm's registry)
+    from models import resnet  # noqa: F401  (the zoo's resnet20 in timm's registry: clip-resnet20-28's tower)
 
     # open_clip registers configs from JSON files only, read at once (later rescans keep them).
     with tempfile.TemporaryDirectory(prefix="pipeline-clip-configs-") as folder:

@@ -167,6 +167,8 @@ ELSEWHERE = {
     "tracking.experiment": "spec/schema.py experiment_name: the MLflow experiment of every run",
     "storage_path": "engine/context.py storage_of: where Ray Train and Tune keep checkpoints",
     "max_concurrent_units": "engine/scheduler.py: how many units run at once",
+    # Needs a clip init (tests/test_clip_transfer.py); in the unit's identity through recipe.py finetune_options.
+    "models[].wise_ft": "training/unit.py run_training, training/clip_transfer.py wise_ft: evaluated after fine-tuning",
     "ensemble.top_k": "stages/ensemble.py: members chosen from the leaderboard when the unit runs",
     "ensemble.members": "stages/ensemble.py: named members, resolved to runs when the unit runs",
     "ensemble.name": "stages/ensemble.py: the ensemble's model name on the leaderboard",

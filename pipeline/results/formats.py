@@ -72,7 +72,7 @@ def to_rich_table(board: Leaderboard):
     columns = board.columns
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "entry", "classes", "init", "kind", "diverged", "family",
-                                                              "accelerator", "run_id", "sweep") else "right")
+                                                              "accelerator", "run_id", "sweep", "wise_ft") else "right")
     for rank, row in _ranked(board):
         cells = [_cell(c, _value(board, row, c)) for c in columns]
         table.add_row(rank, *cells, style="dim" if rank == "ref" else None)

@@ -74,6 +74,8 @@ class Leaderboard:
             columns.append("sweep")
         if any(r.get("init", "scratch") != "scratch" for r in self.rows):  # where fine-tuned weights came from
             columns.insert(1, "init")
+        if any(r.get("wise_ft") for r in self.rows):  # test top-1 of (1-a) zero-shot + a fine-tuned, per a
+            columns.append("wise_ft")
         for column in ("per_class", "classes", "entry"):  # entries of one model on other data, each its own row
             if any(r.get(column) is not None for r in self.rows):
                 columns.insert(1, column)
@@ -117,8 +119,16 @@ def _row(run) -> dict:
         "classes": params.get("data.classes") if params.get("data.classes") not in (None, "None") else None,
         "per_class": _number(params.get("data.per_class"), int),  # training images per class
         "freeze": params.get("freeze"),
+        "wise_ft": _wise_ft(metrics),
         "_start": run.info.start_time,
     }
+
+
+def _wise_ft(metrics: dict[str, float]) -> str | None:
+    """`0.00:71.20 0.50:84.10 1.00:83.50`: a run's WiSE-FT test top-1 per mixing weight a, where it has them."""
+    mixed = sorted((float(key[len("wise_ft_top1_a"):]), value) for key, value in metrics.items()
+                   if key.startswith("wise_ft_top1_a"))
+    return " ".join(f"{a:.2f}:{value:.2f}" for a, value in mixed) or None
 
 
 AVERAGED = ("top1", "top1_err", "top5", "top5_err", "val_top1_err")

@@ -198,11 +198,15 @@ class ModelEntry(Strict):
     resources: dict[str, Any] = Field(default_factory=dict)  # per-model overrides of the resources section
     # Where the weights start (pipeline/training/weights.py): scratch; timm (the model's default pretrained tag)
     # or timm:TAG; a weights file (safetensors or a state dict); a LoggedModel (models:/m-ID, models:/NAME@alias);
-    # unit:STAGE/NAME, the model another unit of the spec trains (an edge of the workflow's DAG).
+    # unit:STAGE/NAME, the model another unit of the spec trains (an edge of the workflow's DAG). A
+    # clip_image_classifier also starts from a CLIP model, its head the zero-shot classifier:
+    # clip:unit:clip_pretrain/MODEL (the spec's pretraining unit) or clip:OPEN_CLIP_NAME[.TAG].
     init: str = "scratch"
     freeze: Literal["backbone"] | int | None = None  # backbone: the classifier alone trains; N: the first N groups
     layer_decay: float | None = Field(None, gt=0, le=1)  # timm's layer-wise lr decay (create_optimizer_v2)
     head_lr: float | None = Field(None, gt=0)  # the classifier's learning rate, in the units of train.lr
+    # WiSE-FT after fine-tuning from a clip init: each a, the weights (1-a) zero-shot + a fine-tuned evaluated.
+    wise_ft: list[float] | None = Field(None, min_length=1)
 
     @field_validator("init")
     @classmethod
@@ -212,7 +216,37 @@ class ModelEntry(Strict):
             raise ValueError(f"init '{init}': name a unit as unit:STAGE/NAME, e.g. unit:train/lenet5")
         if kind == "model" and not value.strip("/"):
             raise ValueError(f"init '{init}': give a model, e.g. models:/m-<id> or models:/NAME@champion")
+        if kind == "clip":
+            if value.startswith("unit:"):
+                if not value.startswith("unit:clip_pretrain/") or not value[len("unit:clip_pretrain/"):]:
+                    raise ValueError(f"init '{init}': name the CLIP pretraining unit, e.g. "
+                                     "clip:unit:clip_pretrain/clip-rn-32")
+            elif not names.known("clip_models", value.split(".", 1)[0]):
+                name = value.split(".", 1)[0]
+                raise ValueError(f"init '{init}': unknown CLIP model '{name}'"
+                                 f"{_did_you_mean(name, names.names('clip_models'))}: give clip:unit:clip_pretrain/"
+                                 "MODEL or clip:OPEN_CLIP_NAME[.TAG]")
         return init
+
+    @field_validator("wise_ft")
+    @classmethod
+    def _mixing_weights(cls, alphas: list[float] | None) -> list[float] | None:
+        if alphas is not None and (any(not 0 <= a <= 1 for a in alphas)
+                                   or len({round(a, 2) for a in alphas}) != len(alphas)):
+            raise ValueError(f"wise_ft {alphas}: give mixing weights a between 0 and 1, distinct to two decimals "
+                             "(a: the fine-tuned model's share)")
+        return alphas
+
+    @model_validator(mode="after")
+    def _clip_init(self):
+        kind = init_source(self.init)[0]
+        if kind == "clip" and self.name != CLIP_CLASSIFIER:
+            raise ValueError(f"init '{self.init}' starts a {CLIP_CLASSIFIER} (a CLIP image tower and a head), not "
+                             f"a {self.name}: set name: {CLIP_CLASSIFIER}")
+        if self.wise_ft is not None and kind != "clip":
+            raise ValueError(f"wise_ft mixes the fine-tuned weights with the zero-shot ones of a clip init: give "
+                             f"init: clip:... or remove wise_ft (init is '{self.init}')")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -242,11 +276,18 @@ class ModelEntry(Strict):
         return name
 
 
+# The model an `init: clip:...` starts (models/clip_classifier.py).
+CLIP_CLASSIFIER = "clip_image_classifier"
+
+
 def init_source(init: str) -> tuple[str, str]:
     """(kind, value) of a model entry's `init`: scratch, timm (value: the tag, maybe empty), model (value: the
-    models:/ URI), unit (value: STAGE/NAME) or file (value: its path)."""
+    models:/ URI), unit (value: STAGE/NAME), clip (value: unit:clip_pretrain/MODEL or an open_clip name with
+    its tag) or file (value: its path)."""
     if init == "scratch":
         return "scratch", ""
+    if init.startswith("clip:"):
+        return "clip", init[5:]
     if init == "timm" or init.startswith("timm:"):
         return "timm", init[5:]
     if init.startswith("models:/"):

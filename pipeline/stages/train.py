@@ -1,8 +1,8 @@
 """The `train` stage: a unit per model, each its own Ray Train run with its own resources and MLflow run.
 
 A model entry with `init:` starts from other weights: its key holds their digest, resolved on the driver
-before anything is written (`pipeline.training.weights`); `init: unit:STAGE/NAME` makes it need that unit,
-an edge of the DAG like a retrain after its sweep."""
+before anything is written (`pipeline.training.weights`); `init: unit:STAGE/NAME` (or
+`init: clip:unit:clip_pretrain/MODEL`) makes it need that unit, an edge of the DAG like a retrain after its sweep."""
 from __future__ import annotations
 
 from pipeline.engine.context import RunContext
@@ -26,9 +26,18 @@ def recipe_key(spec, entry) -> str:
     return digest(identity, 16)
 
 
-def source_unit(name: str, entry, planned_names: set[str]) -> list[str]:
-    """The unit an `init: unit:...` entry needs (none for other sources), checked against the spec's units."""
+def source_unit(name: str, entry, planned_names: set[str], earlier: set[str] = frozenset()) -> list[str]:
+    """The unit an `init: unit:...` or `init: clip:unit:...` entry needs (none for other sources), checked
+    against the spec's units: the train units listed before it, the units of `earlier` stages."""
     kind, value = init_source(entry.init)
+    if kind == "clip" and value.startswith("unit:"):
+        unit = value[len("unit:"):]
+        if unit not in earlier:
+            pretraining = sorted(u for u in earlier if u.startswith("clip_pretrain/"))
+            raise PipelineError(f"models[{entry.name}].init {entry.init}: no unit {unit} in this spec (CLIP "
+                                f"pretraining units: {', '.join(pretraining) or 'none'}): list stage clip_pretrain "
+                                f"before train, with clip.model {unit.split('/', 1)[1]}")
+        return [unit]
     if kind != "unit":
         return []
     if value == f"train/{name}" or value.startswith(f"train/{name}@seed"):
@@ -41,15 +50,15 @@ def source_unit(name: str, entry, planned_names: set[str]) -> list[str]:
     return [value]
 
 
-@stage("train", per_model=True, preflight=check_models)
+@stage("train", after="clip_pretrain", per_model=True, preflight=check_models)
 def plan(context: RunContext, planned: list[Unit]) -> list[Unit]:
     """A unit per model entry, or per entry and seed (`train/resnet20@seed1`) when the spec lists seeds."""
     spec = context.spec
     entries = spec.named_entries()
-    units, names = [], set()
+    units, names, earlier = [], set(), {u.name for u in planned}
     for name, entry in entries:
         data = spec.data_config(entry)
-        needs = source_unit(name, entry, names)  # a unit of an entry listed before it: no cycles
+        needs = source_unit(name, entry, names, earlier)  # a unit of an entry listed before it: no cycles
         names.update(f"train/{name}" if seed is None else f"train/{name}@seed{seed}" for seed in spec.seeds or [None])
         for seed in spec.seeds or [None]:
             train = spec.train_config(entry)

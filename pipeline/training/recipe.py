@@ -23,7 +23,8 @@ from pipeline.training.config import (
 
 # The code a trained network depends on (a unit's key hashes it, with its model's module): the driver's
 # recipe and unit, the harness, the worker loop and its evaluation, and the data path.
-TRAINING_CODE = ("pipeline/training/config.py", "pipeline/training/evaluation.py", "pipeline/training/finetune.py",
+TRAINING_CODE = ("pipeline/training/clip_transfer.py", "pipeline/training/config.py",
+                 "pipeline/training/evaluation.py", "pipeline/training/finetune.py",
                  "pipeline/training/harness.py",
                  "pipeline/training/learning_rate.py", "pipeline/training/loop.py", "pipeline/training/mixing.py",
                  "pipeline/training/recipe.py", "pipeline/training/relay.py", "pipeline/training/unit.py",
@@ -37,8 +38,8 @@ def training_code(model: str, *more: str) -> tuple[str, ...]:
 
 
 def finetune_options(entry: ModelEntry) -> dict[str, Any]:
-    """The entry's fine-tuning options that are set (freeze, layer_decay, head_lr)."""
-    return {k: v for k in ("freeze", "layer_decay", "head_lr") if (v := getattr(entry, k)) is not None}
+    """The entry's fine-tuning options that are set (freeze, layer_decay, head_lr, wise_ft)."""
+    return {k: v for k in ("freeze", "layer_decay", "head_lr", "wise_ft") if (v := getattr(entry, k)) is not None}
 
 
 def training_identity(spec: Spec, entry: ModelEntry, train: TrainConfig, data: DataConfig,

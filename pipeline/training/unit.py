@@ -26,12 +26,15 @@ SUMMARY_KEYS = ("epochs", "train_samples_per_sec", "train_time_s", "top1", "top1
 
 def init_lineage(init) -> dict[str, str]:
     """Where a run's weights came from, as its tags and its model.json say: `init` (scratch, the hub tag, the
-    file with its digest, the source models:/ URI), the source's model id and the initial weights' digest."""
+    file with its digest, the source models:/ URI, the CLIP model), the source's model id or run id (a CLIP
+    pretraining run) and the initial weights' digest."""
     if init.source == "scratch":
         return {"init": "scratch"}
     lineage = {"init": init.source, "init_digest": init.digest}
     if init.source.startswith("models:/"):
         lineage["init_model_id"] = init.source[len("models:/"):]
+    if init.source.startswith("clip:runs:/"):
+        lineage["init_run_id"] = init.source[len("clip:runs:/"):].split("/")[0]
     return lineage
 
 
@@ -112,6 +115,12 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
 
     summary = {**{k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics},
                **validation_summary(state["history"]), **(extra_metrics or {})}
+    if entry.wise_ft:  # the zero-shot and fine-tuned weights interpolated, evaluated here
+        from pipeline.training.clip_transfer import wise_ft, wise_ft_line
+
+        mixed = wise_ft(context, entry, data, shape, config.mean, config.std, shape["init"].weights, state["model"])
+        summary.update(mixed)
+        context.print(f"[bold]{unit.name}[/] WiSE-FT, (1-a) zero-shot + a fine-tuned: {wise_ft_line(entry.wise_ft, mixed)}")
     tracker.log(job.run_id, {k: v for k, v in summary.items() if k not in TEST_METRICS + VAL_METRICS})
     model_id = _log_model(job, entry.name, result.checkpoint, state, {
         "model": entry.name, "model_kwargs": entry.kwargs, "num_classes": len(shape["classes"]),

@@ -2,7 +2,8 @@
 
 Every source goes through timm's own pretrained path, `timm.create_model(name, pretrained=True, ...)`: a hub
 tag as timm fetches it (honouring the hub's cache and `HF_HUB_OFFLINE`), a weights file, a LoggedModel's
-`model.pt` and another unit's LoggedModel through `pretrained_cfg_overlay={"file": ...}`. So the classifier is
+`model.pt` and another unit's LoggedModel through `pretrained_cfg_overlay={"file": ...}`; a CLIP model
+(`clip:`) starts a clip_image_classifier through `clip_transfer.py` instead. So the classifier is
 reset when the class count differs, the first convolution is adapted to the data's channels
 (`adapt_input_conv`) and a ViT's position embeddings are resampled to its image size (its checkpoint filter).
 The adapted state dict travels to the workers, which load it strictly into the model they build; its digest is
@@ -54,10 +55,22 @@ def resolve_init(context, entry: ModelEntry, shape: dict[str, Any], outputs: dic
             raise PipelineError(f"models[{entry.name}].init {entry.init}: unit {value} left no LoggedModel to start "
                                 f"from: train it again (--rerun '{value}')")
         kind, value = "model", f"models:/{output['model_id']}"
-    key = json.dumps([kind, value, entry.name, entry.kwargs, list(shape["classes"]), shape["in_chans"]],
+    where = f"models[{entry.name}].init {entry.init}"
+    if kind == "clip":  # a CLIP model's image tower, the head its zero-shot classifier (clip_transfer.py)
+        from pipeline.training.clip_transfer import clip_source
+
+        value = clip_source(entry, value, shape, outputs, where)
+    key = json.dumps([kind, value, entry.name, entry.kwargs, list(shape["classes"]), shape["in_chans"]]
+                     + ([list(shape["mean"]), list(shape["std"])] if kind == "clip" else []),
                      sort_keys=True, default=str)
     if key not in context.weights:
-        context.weights[key] = _resolve(context, entry, kind, value, list(shape["classes"]), shape["in_chans"])
+        if kind == "clip":
+            from pipeline.training.clip_transfer import clip_weights
+
+            source, state = clip_weights(context, entry, value, shape, where)
+            context.weights[key] = Init(source=source, digest=weights_digest(state), weights=state)
+        else:
+            context.weights[key] = _resolve(context, entry, kind, value, list(shape["classes"]), shape["in_chans"])
     return context.weights[key]
 
 
