@@ -62,6 +62,23 @@ def test_validation_ties_are_broken_by_validation_loss_then_by_the_earlier_run(s
     assert [r["run_id"] for r in board.rows] == [first, lower_loss]
 
 
+def test_selection_by_validation_keeps_a_candidate_per_row_not_per_model(store):
+    """Two entries of one model (from scratch, fine-tuned) are two rows, so two candidates for an ensemble or the
+    champion, each its best run on validation although another run of it is better on test."""
+    uri, tracker, experiment, bench = store
+    scratch = {"entry": "scratch-10"}
+    tuned = {"entry": "finetune-10", "init": "train/pretrain"}
+    add_run(tracker, experiment, "resnet20", 20.0, val_top1_err=30.0, tags=scratch)
+    scratch_pick = add_run(tracker, experiment, "resnet20", 25.0, val_top1_err=22.0, tags=scratch)
+    tuned_pick = add_run(tracker, experiment, "resnet20", 18.0, val_top1_err=15.0, tags=tuned)
+    add_run(tracker, experiment, "resnet20", 10.0, val_top1_err=40.0, tags=tuned, diverged=1.0)
+    board = leaderboard.build(uri, bench)
+    ranked, notes = leaderboard.by_validation(board)
+    assert [(leaderboard.row_label(r), r["run_id"]) for r in ranked] == \
+        [("finetune-10", tuned_pick), ("scratch-10", scratch_pick)]
+    assert not notes  # the diverged run's row has a sound candidate
+
+
 def test_rows_without_validation_show_the_most_recent_run_with_a_note(store, capsys):
     uri, tracker, experiment, bench = store
     add_run(tracker, experiment, "lenet5", 9.0)  # val_fraction: 0, the best test error: not chosen

@@ -167,6 +167,11 @@ def row_identity(row: dict) -> tuple:
     return (row["model"], row.get("init", "scratch"), row.get("entry"), row.get("classes"), row.get("per_class"))
 
 
+def row_label(row: dict) -> str:
+    """How a row is named where one word must do (an ensemble member, a note): its entry's id, else its model."""
+    return row.get("entry") or row["model"]
+
+
 def best_per_model(rows: list[dict]) -> list[dict]:
     """Each model's row: its recipe with the lowest validation error (`selection_error`, averaged over the
     recipe's seeds; ties: validation loss, then the earlier run), never chosen by test error; a model without
@@ -206,25 +211,26 @@ def selection_error(row: dict) -> float | None:
 
 
 def by_validation(board: "Leaderboard", kinds=SELECTION_KINDS) -> tuple[list[dict], list[str]]:
-    """Each model's run with the lowest validation error, ranked by it (ties: validation loss, then the
-    earlier run); test metrics play no part. Notes on the models passed over (diverged, or no validation
+    """Each leaderboard row's run with the lowest validation error (a row: `row_identity`, so a fine-tuned
+    entry and one from scratch of the same model are two candidates), ranked by it (ties: validation loss, then
+    the earlier run); test metrics play no part. Notes on the rows passed over (diverged, or no validation
     metric)."""
     eligible, notes, passed = [], [], {}
     for row in board.runs or board.rows:
         if row["kind"] not in kinds:
             continue
         if row.get("diverged"):
-            passed.setdefault(row["model"], f"{row['model']} (run {row['run_id']}) diverged: passed over")
+            passed.setdefault(row_identity(row), f"{row_label(row)} (run {row['run_id']}) diverged: passed over")
         elif selection_error(row) is None:
-            passed.setdefault(row["model"], f"{row['model']} (run {row['run_id']}) has no validation metric "
-                                            "(trained without a validation split): passed over")
+            passed.setdefault(row_identity(row), f"{row_label(row)} (run {row['run_id']}) has no validation metric "
+                                                 "(trained without a validation split): passed over")
         else:
             eligible.append(row)
     ranked = sorted(eligible, key=lambda r: (selection_error(r), r.get("val_loss") or 0.0, r["_start"]))
-    best: dict[str, dict] = {}
+    best: dict[tuple, dict] = {}
     for row in ranked:
-        best.setdefault(row["model"], row)
-    notes = [note for model, note in passed.items() if model not in best]
+        best.setdefault(row_identity(row), row)
+    notes = [note for identity, note in passed.items() if identity not in best]
     return list(best.values()), notes
 
 

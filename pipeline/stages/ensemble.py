@@ -49,13 +49,15 @@ def load_member(client, model: str, run_id: str) -> Member:
 def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """(model, run id) of each member, and notes on runs passed over. Members are chosen by validation
     error (`leaderboard.by_validation`), never by the test set the ensemble is then scored on; a member
-    named by its model is that model's best run on validation."""
-    from pipeline.results.leaderboard import by_validation
+    named by its model or its entry's id is the best run of that name on validation."""
+    from pipeline.results.leaderboard import by_validation, row_label
 
     ranked, notes = by_validation(board)
     if named:
-        by_model = {row["model"]: row["run_id"] for row in board.rows}
-        by_model.update({row["model"]: row["run_id"] for row in ranked})
+        by_model: dict[str, str] = {}
+        for row in ranked + board.rows:  # a name's best run on validation first, else its shown row
+            by_model.setdefault(row_label(row), row["run_id"])
+            by_model.setdefault(row["model"], row["run_id"])
         chosen = []
         for name in named:
             if name in by_model:
@@ -68,7 +70,7 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
             if run is None or run.info.experiment_id != board.experiment_id:
                 raise PipelineError(f"ensemble member '{name}' is neither a model on the leaderboard of "
                                     f"'{board.experiment}' ({', '.join(by_model) or 'none'}) nor a run id in it")
-            chosen.append((run.data.tags.get("model", name), name))
+            chosen.append((run.data.tags.get("entry") or run.data.tags.get("model", name), name))
         missing = [model for model, run_id in chosen if not has_predictions(client, run_id)]
         if missing:
             raise PipelineError(f"ensemble members {', '.join(missing)} have no saved test-set probabilities "
@@ -79,9 +81,9 @@ def select(board, client, top_k: int | None, named: list[str]) -> tuple[list[tup
         if len(chosen) == top_k:
             break
         if has_predictions(client, row["run_id"]):
-            chosen.append((row["model"], row["run_id"]))
+            chosen.append((row_label(row), row["run_id"]))
         else:
-            notes.append(f"{row['model']} (run {row['run_id']}) has no saved test-set probabilities: passed over")
+            notes.append(f"{row_label(row)} (run {row['run_id']}) has no saved test-set probabilities: passed over")
     return chosen, notes
 
 
