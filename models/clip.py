@@ -5,7 +5,7 @@ import difflib
 import json
 import logging
 import tempfile
-from contextlib import contextmanager
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,18 @@ SMALL_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-@lru_cache(maxsize=1)
+_REGISTERING = threading.Lock()
+
+
 def register_small_models() -> None:
-    """Make the small models known to open_clip (and the zoo's resnet20 to timm, for a timm image tower)."""
+    """Make the small models known to open_clip (and the zoo's resnet20 to timm, for a timm image tower), once;
+    a workflow's threads ask at the same time, and open_clip's rescan would read another's deleted folder."""
+    with _REGISTERING:
+        _register_small_models()
+
+
+@lru_cache(maxsize=1)
+def _register_small_models() -> None:
     import open_clip
 
     from models import resnet  # noqa: F401  (the zoo's resnet20 in timm's registry: clip-resnet20-28's tower)
@@ -78,8 +87,8 @@ def create_model(name: str, pretrained: str | None = None, **kwargs):
             raise PipelineError(f"no pretrained weights '{pretrained}' for CLIP model '{name}': use one of "
                                 f"{', '.join(tags) or 'none (train it: stage clip_pretrain)'} or a weights file")
     try:
-        with _quiet_root_logger():  # open_clip logs to the root logger (an untrained start, a failed download): we report those ourselves
-            model = open_clip.create_model(name, pretrained=pretrained, output_dict=True, **kwargs)
+        logging.getLogger().addFilter(_OPEN_CLIP_ROOT_LOGS)  # once: adding the same filter again does nothing
+        model = open_clip.create_model(name, pretrained=pretrained, output_dict=True, **kwargs)
     except RuntimeError as exc:
         if pretrained and "download" in str(exc).lower():
             raise PipelineError(f"the pretrained weights '{pretrained}' of CLIP model '{name}' cannot be fetched "
@@ -95,15 +104,16 @@ def create_model(name: str, pretrained: str | None = None, **kwargs):
     return model, tokenizer
 
 
-@contextmanager
-def _quiet_root_logger():
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+class _OpenClipRootLogs(logging.Filter):
+    """Drops the records open_clip logs to the root logger (an untrained start, a failed download): create_model
+    reports those itself. A filter installed once, not a raised root level: a workflow builds models in several
+    threads at once, and one thread restoring the level would let another's warning through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in Path(record.pathname).parts
+
+
+_OPEN_CLIP_ROOT_LOGS = _OpenClipRootLogs()
 
 
 def check_model_name_or_raise(name: str) -> None:

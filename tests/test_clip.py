@@ -1,6 +1,7 @@
 """CLIP: the distributed contrastive loss, pretraining feeding zero-shot evaluation through MLflow,
 caption data sets, and one-line errors on bad input. Real Ray Train workers, a real MLflow store."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -249,3 +250,19 @@ def test_missing_pretrained_weights_offline_are_one_line(workdir):
     result = run_cli("run", "spec.yaml", cwd=workdir,
                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(workdir / "hf"), "XDG_CACHE_HOME": str(workdir)})
     assert_one_line_error(result, "pretrained weights 'openai' of CLIP model 'RN50' cannot be fetched")
+
+
+def test_threads_building_clip_models_at_once_neither_fail_nor_log_an_untrained_start():
+    """A workflow builds CLIP models in several threads at once (a zero-shot unit beside a classifier starting
+    from the same tower): the small models are registered once, and open_clip's "initialized randomly" warning,
+    which every pipeline start from a trained tower would print, stays out of the output. A fresh interpreter:
+    the registration happens once per process."""
+    code = ("import logging, threading\nlogging.basicConfig()\nfrom models.clip import create_model\n"
+            "threads = [threading.Thread(target=create_model, args=(name,)) for name in ['clip-rn-32', 'clip-vit-28'] * 3]\n"
+            "[t.start() for t in threads]\n[t.join() for t in threads]\n"
+            "logging.warning('the root logger still logs')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "initialized randomly" not in done.stderr, done.stderr[-2000:]
+    assert "the root logger still logs" in done.stderr

@@ -315,7 +315,7 @@ class EnsembleConfig(Strict):
     """The ensemble stage: the test-set probabilities of the top_k leaderboard runs, or of named members, averaged."""
 
     top_k: int | None = Field(None, ge=2)  # default 3 when no members are named
-    members: list[str] = Field(default_factory=list)  # model names (their best run) or run ids
+    members: list[str] = Field(default_factory=list)  # model names or entry ids (their best run) or run ids
     name: str | None = None  # its model name on the leaderboard; default ensemble(top3) or ensemble(a+b)
 
     @model_validator(mode="after")
