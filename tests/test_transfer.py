@@ -157,6 +157,26 @@ def test_a_unit_source_must_come_before_it():
     assert "no model listed before it trains in unit train/resnet20" in str(error.value)
 
 
+SEEDED = {"name": "seeded", "data": {"name": "synthetic", "synthetic_size": 100, "val_fraction": 0.2},
+          "models": [{"id": "pretrain", "name": "lenet5"}, {"id": "tuned", "name": "lenet5", "init": "unit:train/pretrain"},
+                     {"id": "from-seed0", "name": "lenet5", "init": "unit:train/pretrain@seed0", "freeze": "backbone"}],
+          "train": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0}, "seeds": [0, 1],
+          "resources": {"num_workers": 1}, "stages": ["train"]}
+
+
+def test_with_seeds_each_seed_fine_tunes_from_the_same_seeds_source():
+    """`init: unit:train/pretrain` under seeds: seed k needs train/pretrain@seedk; a source named with its seed
+    serves every seed; the weights come from the unit needed (a missing output names that unit)."""
+    context = RunContext(parse_spec(SEEDED))
+    needs = {u.name: u.needs for u in registry.plan(context) if u.stage == "train"}
+    assert needs["train/tuned@seed0"] == ["train/pretrain@seed0"] and needs["train/tuned@seed1"] == ["train/pretrain@seed1"]
+    assert needs["train/from-seed0@seed1"] == ["train/pretrain@seed0"]
+    entry = context.spec.named_entries()[1][1]
+    with pytest.raises(PipelineError) as error:
+        resolve_init(SimpleNamespace(weights={}), entry, SHAPE, {"train/pretrain@seed1": {}}, "train/pretrain@seed1")
+    assert "unit train/pretrain@seed1 left no LoggedModel" in str(error.value)
+
+
 def run_workflow(tree):
     from pipeline.engine import workflow
 
@@ -226,6 +246,24 @@ def test_a_unit_fine_tunes_from_another_unit_and_from_its_logged_model(ray_clust
     assert meta["num_classes"] == 4 and rgb["fc.weight"].shape == (4, 84) and rgb["features.0.weight"].shape[1] == 3
     assert all(torch.equal(before[k], rgb[k]) for k in before if not k.startswith(("fc.", "features.0.")))
     assert tracker.client.get_run(moved["run_id"]).data.tags["init_model_id"] == champion["model_id"]
+
+
+def test_seeded_fine_tuned_units_start_from_their_own_seeds_source(ray_cluster, workdir):
+    """The seeded spec above, run: each fine-tuned seed's run names its own seed's source model, and the spec
+    again is cached."""
+    from pipeline.tracking.store import Tracker
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    tree = {**SEEDED, "tracking": {"uri": uri, "experiment": "seeded"}, "storage_path": str(workdir / "checkpoints")}
+    outputs = run_workflow(tree).outputs["train"]
+    client = Tracker(uri).client
+    for unit, source in (("tuned@seed0", "pretrain@seed0"), ("tuned@seed1", "pretrain@seed1"),
+                         ("from-seed0@seed1", "pretrain@seed0")):
+        tags = client.get_run(outputs[unit]["run_id"]).data.tags
+        assert tags["init_model_id"] == outputs[source]["model_id"], (unit, source)
+    assert outputs["pretrain@seed0"]["model_id"] != outputs["pretrain@seed1"]["model_id"]
+    again = run_workflow(tree).outputs["train"]
+    assert {u: o["run_id"] for u, o in again.items()} == {u: o["run_id"] for u, o in outputs.items()}
 
 
 def test_a_bad_source_fails_in_one_line_before_anything_is_written(workdir):

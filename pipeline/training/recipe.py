@@ -130,15 +130,15 @@ def resolve_recipe(train: TrainConfig, world_size: int) -> Recipe:
 
 def worker_config(context: RunContext, entry: ModelEntry, train: TrainConfig, data: DataConfig, threads: int,
                   label: str, evaluate_test: bool = True, resources=None,
-                  outputs: dict[str, dict] | None = None) -> tuple[WorkerConfig, dict[str, Any]]:
+                  outputs: dict[str, dict] | None = None, source: str | None = None) -> tuple[WorkerConfig, dict[str, Any]]:
     """The one place a WorkerConfig is built (train, retrain, sweep trials and the benchmarks); `resources`
     are the run's (default: the spec's for the entry), which fix the world size of the global batch; `outputs`
-    of the units it needs name an `init: unit:...` source."""
+    of the units it needs hold an `init: unit:...` source (the unit `source`, where it is not the one named)."""
     from pipeline.training.weights import resolve_init
 
     check_options(data, train)
     shape = data_shape(context, data)
-    init = resolve_init(context, entry, shape, outputs)
+    init = resolve_init(context, entry, shape, outputs, source)
     shape["init"] = init
     if resources is None:
         resources = context.spec.resources_for(entry) if entry in context.spec.models else context.spec.resources

@@ -74,8 +74,9 @@ def _log_model(job: Job, name: str, checkpoint, state: dict, meta: dict, metrics
 
 
 def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConfig,
-                 extra_metrics: dict[str, float] | None = None) -> dict[str, Any]:
-    """Train one model in the job's MLflow run, resuming from the unit's Ray Train checkpoint if it has one."""
+                 extra_metrics: dict[str, float] | None = None, source: str | None = None) -> dict[str, Any]:
+    """Train one model in the job's MLflow run, resuming from the unit's Ray Train checkpoint if it has one;
+    `source`: the unit an `init: unit:` entry starts from, where not the one it names (a seed's own)."""
     from models._factory import model_complexity
     from models.catalogue import family_of
     from pipeline.tracking.writer import RunWriter
@@ -85,7 +86,7 @@ def run_training(job: Job, entry: ModelEntry, train: TrainConfig, data: DataConf
     context, spec, tracker, unit = job.context, job.spec, job.tracker, job.unit
     resources = unit.resources
     config, shape = worker_config(context, entry, train, data, resources.threads, unit.name, resources=resources,
-                                  outputs=job.inputs)
+                                  outputs=job.inputs, source=source)
     lineage = init_lineage(shape["init"])
     complexity = model_complexity(entry.name, len(shape["classes"]), shape["in_chans"], shape["image_size"],
                                   **entry.kwargs)

@@ -44,12 +44,15 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def resolve_init(context, entry: ModelEntry, shape: dict[str, Any], outputs: dict[str, dict] | None = None) -> Init:
-    """The entry's initial weights for a data set of `shape` (classes, channels), once per context."""
+def resolve_init(context, entry: ModelEntry, shape: dict[str, Any], outputs: dict[str, dict] | None = None,
+                 source: str | None = None) -> Init:
+    """The entry's initial weights for a data set of `shape` (classes, channels), once per context; `source` is
+    the unit an `init: unit:` entry starts from when it is not the one named (a seed's own, `train/NAME@seedK`)."""
     kind, value = init_source(entry.init)
     if kind == "scratch":
         return SCRATCH
     if kind == "unit":
+        value = source or value
         output = (outputs or {}).get(value) or {}
         if not output.get("model_id"):
             raise PipelineError(f"models[{entry.name}].init {entry.init}: unit {value} left no LoggedModel to start "
