@@ -72,3 +72,18 @@ def test_a_keyword_argument_the_model_does_not_take_is_refused_before_anything_r
     result = run_cli("run", "spec.yaml", cwd=workdir)
     assert_one_line_error(result, "model 'lenet5' takes no keyword argument 'bogus_kwarg'")
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_seeds_on_validate_status_and_the_dry_run(workdir):
+    """`--seeds N` is the same on every command that reads a spec: a unit per model and seed, a fine-tuned seed
+    needing its own seed's source."""
+    (workdir / "spec.yaml").write_text(GOOD.replace(
+        "models: [lenet5]", "models: [{id: source, name: lenet5}, {id: tuned, name: lenet5, init: 'unit:train/source'}]"))
+    assert run_cli("validate", "spec.yaml", "--seeds", "2", cwd=workdir).returncode == 0
+    for command in (("status", "spec.yaml", "--seeds", "2"), ("run", "spec.yaml", "--seeds", "2", "--dry-run")):
+        result = run_cli(*command, cwd=workdir, env={"COLUMNS": "250"})
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│ train/")}
+        assert rows == {"train/source@seed0": "-", "train/source@seed1": "-", "train/tuned@seed0": "train/source@seed0",
+                        "train/tuned@seed1": "train/source@seed1"}, out

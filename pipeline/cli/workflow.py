@@ -19,13 +19,21 @@ from pipeline.cli.app import (
 from pipeline.errors import PipelineError
 
 
+SeedsOption = typer.Option(None, "--seeds", min=1, help="Train each model with seeds 0..N-1 (the same as --set "
+                                                        "'seeds=[0, 1, ...]').")
+
+
+def with_seeds(set_: Optional[list[str]], seeds: Optional[int]) -> list[str]:
+    return [*(set_ or []), *([f"seeds={list(range(seeds))}"] if seeds is not None else [])]
+
+
 @app.command()
 def validate(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[str]] = OnlyOption,
-             skip: Optional[list[str]] = SkipOption) -> None:
+             skip: Optional[list[str]] = SkipOption, seeds: Optional[int] = SeedsOption) -> None:
     """Check an experiment spec without running it."""
     from pipeline.spec.loading import load_spec
 
-    loaded = load_spec(spec, set_ or [], only or [], skip or [])
+    loaded = load_spec(spec, with_seeds(set_, seeds), only or [], skip or [])
     if any(entry.kwargs for entry in loaded.models):  # checked against the models themselves: imports timm
         from pipeline.training.model_checks import check_model_kwargs
 
@@ -50,16 +58,14 @@ def run(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[st
         working_dir: str = typer.Option(".", "--working-dir", help="With --address: the folder sent to the "
                                         "cluster as the job's working directory (holds the spec)."),
         detach: bool = typer.Option(False, "--detach", help="With --address: return after submitting."),
-        seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Train each model with seeds 0..N-1 "
-                                            "(the same as --set 'seeds=[0, 1, ...]').")) -> None:
+        seeds: Optional[int] = SeedsOption) -> None:
     """Run an experiment spec as a workflow: its units run concurrently, cached ones are reused, cut-off ones
     resume (here, or on a cluster with --address)."""
     from pipeline.spec.loading import load_spec
 
-    if seeds is not None:
-        set_ = [*(set_ or []), f"seeds={list(range(seeds))}"]
+    set_ = with_seeds(set_, seeds)
     if dry_run:
-        return status(spec, set_, only, skip, rerun)
+        return status(spec, set_, only, skip, rerun, seeds=None)
     if address:
         from pipeline.engine import jobs
 
@@ -97,7 +103,8 @@ def run_workflow(spec, verbose: bool, rerun: list[str]):
 
 @app.command()
 def status(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list[str]] = OnlyOption,
-           skip: Optional[list[str]] = SkipOption, rerun: Optional[list[str]] = RerunOption) -> None:
+           skip: Optional[list[str]] = SkipOption, rerun: Optional[list[str]] = RerunOption,
+           seeds: Optional[int] = SeedsOption) -> None:
     """The spec's DAG of units: per unit what it needs, its key, its state (cached with its run, partial with
     its last epoch, pending, failed with the reason) and the resources it asks for."""
     from rich.table import Table
@@ -105,7 +112,7 @@ def status(spec: str, set_: Optional[list[str]] = SetOption, only: Optional[list
     from pipeline.engine import workflow
     from pipeline.spec.loading import load_spec
 
-    loaded = load_spec(spec, set_ or [], only or [], skip or [])
+    loaded = load_spec(spec, with_seeds(set_, seeds), only or [], skip or [])
     _quiet_mlflow(False)
     engine = workflow.prepare(loaded, console, rerun=rerun or [])
     workflow.resolve_through_cache(engine)
