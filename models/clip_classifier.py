@@ -23,6 +23,7 @@ def image_tower(clip_model: str):
         raise ValueError(f"CLIP model '{clip_model}' has no open_clip config to build its image tower from")
     vision = config["vision_cfg"]
     size = vision.get("image_size", 224)
+    # open_clip has no public call that builds the image tower alone; this is the one its CLIP class builds it with.
     tower = _build_vision_tower(config["embed_dim"], vision, config.get("quick_gelu", False))
     return tower, int(size[0] if isinstance(size, (tuple, list)) else size), config["embed_dim"]
 
