@@ -211,6 +211,22 @@ def test_the_transfer_experiment_in_small(ray_cluster, workdir):
     assert all(changed.outputs["train"][n]["run_id"] == outputs[n]["run_id"] for n in outputs if n != "scratch-6")
 
 
+def test_the_chart_bars_a_mean_over_seeds_with_its_standard_deviation():
+    """A point averaged over seeds gets a bar of one standard deviation each way; a single run's point none."""
+    from pipeline.results import transfer
+
+    rows = [{"model": "resnet20", "kind": "train", "per_class": 10, "init": "scratch", "top1": 60.0, "runs": 3,
+             "top1_err_std": 1.5},
+            {"model": "resnet20", "kind": "train", "per_class": 100, "init": "scratch", "top1": 80.0, "runs": 3,
+             "top1_err_std": 0.5},
+            {"model": "resnet20", "kind": "train", "per_class": 10, "init": "models:/m-1", "top1": 62.0}]
+    [table] = transfer.tables(rows)
+    scratch, tuned = transfer.chart(table).axes[0].containers
+    assert scratch.has_yerr and not tuned.has_yerr
+    bars = [segment[:, 1] for segment in scratch.lines[2][0].get_segments()]
+    assert [(round(low, 6), round(high, 6)) for low, high in bars] == [(58.5, 61.5), (79.5, 80.5)]
+
+
 def test_labels_per_class_beyond_a_class_fail_in_one_line_before_anything_is_written(workdir):
     from conftest import run_cli
 

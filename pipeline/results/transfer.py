@@ -96,7 +96,8 @@ def show(found: list[TransferTable], console) -> None:
 
 
 def chart(table: TransferTable):
-    """Test top-1 against labels per class (log scale; `all` at the right end), one line per regime."""
+    """Test top-1 against labels per class (log scale; `all` at the right end), one line per regime; where a
+    point is the mean over seeds, a bar of one standard deviation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,10 +109,12 @@ def chart(table: TransferTable):
         place[None] = max(counts) * 4
     figure, axes = plt.subplots(figsize=(6.5, 4.2))
     for name in table.regimes:
-        points = [(place[p], table.cells[(p, name)]["top1"]) for p in table.labels
-                  if (p, name) in table.cells and table.cells[(p, name)].get("top1") is not None]
-        if points:
-            axes.plot(*zip(*points), marker="o", label=name)
+        rows = [(place[p], table.cells[(p, name)]) for p in table.labels
+                if (p, name) in table.cells and table.cells[(p, name)].get("top1") is not None]
+        if rows:
+            spread = [row.get("top1_err_std") or 0.0 if row.get("runs", 1) > 1 else 0.0 for _, row in rows]
+            axes.errorbar([x for x, _ in rows], [row["top1"] for _, row in rows], yerr=spread if any(spread) else None,
+                          marker="o", capsize=3, label=name)
     axes.set_xscale("log")
     axes.set_xticks([place[p] for p in table.labels], [str(p) if p is not None else ALL for p in table.labels])
     axes.minorticks_off()
