@@ -50,8 +50,12 @@ class TransferTable:
         row = self.cells.get((per_class, name))
         if row is None or row.get("top1") is None:
             return ""
-        spread = f" ± {row['top1_err_std']:.2f}" if row.get("runs", 1) > 1 and row.get("top1_err_std") else ""
-        return f"{row['top1']:.2f}{spread}"
+        return f"{row['top1']:.2f}" + (f" ± {spread(row):.2f}" if spread(row) else "")
+
+
+def spread(row: dict) -> float:
+    """The standard deviation of a row's test error over its seeds; 0 for a single run."""
+    return (row.get("top1_err_std") or 0.0) if row.get("runs", 1) > 1 else 0.0
 
 
 def tables(rows: list[dict]) -> list[TransferTable]:
@@ -112,8 +116,8 @@ def chart(table: TransferTable):
         rows = [(place[p], table.cells[(p, name)]) for p in table.labels
                 if (p, name) in table.cells and table.cells[(p, name)].get("top1") is not None]
         if rows:
-            spread = [row.get("top1_err_std") or 0.0 if row.get("runs", 1) > 1 else 0.0 for _, row in rows]
-            axes.errorbar([x for x, _ in rows], [row["top1"] for _, row in rows], yerr=spread if any(spread) else None,
+            bars = [spread(row) for _, row in rows]
+            axes.errorbar([x for x, _ in rows], [row["top1"] for _, row in rows], yerr=bars if any(bars) else None,
                           marker="o", capsize=3, label=name)
     axes.set_xscale("log")
     axes.set_xticks([place[p] for p in table.labels], [str(p) if p is not None else ALL for p in table.labels])
