@@ -182,6 +182,31 @@ def test_pretraining_feeds_zero_shot_through_mlflow(ray_cluster, workdir):
     assert {"top1", "top1_err", "top5", "top5_err", "mean_class_recall"} <= set(run_2.data.metrics)
 
 
+def test_the_pretraining_learns_from_its_own_classes_and_zero_shot_names_the_data_sections(ray_cluster, workdir):
+    """clip.data: the pretraining's images and captions are six classes of the data set; zero-shot evaluates on
+    the data section's three others (relabelled 0..2), whose names the pretraining never saw."""
+    from pipeline.stages.clip_pretrain import clip_identity
+
+    tree = clip_spec(workdir, data={"classes": [4, 5, 6, 7, 8, 9]}, train={"epochs": 1})
+    tree["data"]["classes"] = [0, 1, 2]
+    tree["clip"]["zero_shot"]["linear_probe"] = False
+    tree["stages"] = ["clip_pretrain", "zero_shot"]
+    spec = parse_spec(tree)
+    context = workflow.run(spec, QUIET)
+    assert not context.failures
+    source, target = context.splits(spec.clip_data()), context.data
+    assert source.classes == [f"class{i}" for i in range(4, 10)] and target.classes == ["class0", "class1", "class2"]
+    client = MlflowClient(spec.tracking.uri)
+    pretrain = client.get_run(context.outputs["clip_pretrain"]["run_id"])
+    assert int(pretrain.data.params["pairs"]) == len(source.train) != len(target.train)
+    zero_shot = client.get_run(context.outputs["zero_shot"]["zero_shot"]["run_id"])
+    assert zero_shot.data.tags["pretrain_run_id"] == pretrain.info.run_id
+    assert zero_shot.data.params["classes"] == str(target.classes)
+    # Other classes for the pretraining are another pretraining unit; without clip.data it learns the data section.
+    assert clip_identity(spec) != clip_identity(parse_spec({**tree, "clip": {**tree["clip"], "data": {"classes": [3, 4]}}}))
+    assert parse_spec({**tree, "clip": {k: v for k, v in tree["clip"].items() if k != "data"}}).clip_data().classes == [0, 1, 2]
+
+
 def _write_caption_set(root: Path, n: int = 300, text_column: str = "text") -> None:
     """An image-caption data set on disk: synthetic class images, two free-text captions each."""
     import datasets
@@ -227,6 +252,10 @@ def test_bad_clip_specs_are_rejected_in_one_line(workdir):
         parse_spec(clip_spec(workdir, captions={"eval_templates": ["a photo of a {}.", "a photo"]}))
     with pytest.raises(PipelineError, match="stage 'zero_shot' needs a clip: section"):
         parse_spec({"name": "x", "stages": ["zero_shot"]})
+    with pytest.raises(PipelineError, match="clip.data: classes: 'synthetic' has classes 0..9, not 12"):
+        parse_spec(clip_spec(workdir, data={"classes": [1, 12]}))
+    with pytest.raises(PipelineError, match="data applies to captions made from the data set's labels.*remove one"):
+        parse_spec(clip_spec(workdir, data={"classes": [1, 2]}, captions={"path": str(workdir / "captions")}))
     with pytest.raises(PipelineError, match="no pretrained weights 'laion9000' for CLIP model 'ViT-B-32'"):
         create_model("ViT-B-32", "laion9000")
 

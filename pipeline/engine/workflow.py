@@ -66,8 +66,9 @@ def preflight_data(context: RunContext) -> None:
     from pipeline.data import dataset_info, is_streaming
 
     spec = context.spec
-    configs = [spec.data] + [spec.data_config(entry) for entry in spec.models if entry.data]
-    for data in configs:  # a model's own data (a subset of the classes, labels per class) too
+    configs = [spec.data] + [spec.data_config(entry) for entry in spec.models if entry.data] + \
+        ([spec.clip_data()] if spec.clip is not None and spec.clip.data else [])
+    for data in configs:  # a model's own data (a subset of the classes, labels per class), the CLIP pretraining's
         if not is_streaming(data):
             context.splits(data)
             continue

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.spec import names
 from pipeline.spec.hints import _did_you_mean
@@ -79,11 +79,22 @@ class ClipConfig(Strict):
     captions: ClipCaptionsConfig = Field(default_factory=ClipCaptionsConfig)
     train: ClipTrainConfig = Field(default_factory=ClipTrainConfig)
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    # Overrides of the data section for the pretraining's images and their captions (its own subset of the
+    # classes, say: pretrain on some classes, then zero-shot, probe and fine-tune on others). The zero_shot stage
+    # evaluates on the data section as it is.
+    data: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
     def _known(cls, name: str) -> str:
         return check_clip_model(name)
+
+    @model_validator(mode="after")
+    def _data_with_labels_only(self):
+        if self.data and self.captions.path:
+            raise ValueError("data applies to captions made from the data set's labels, and captions.path gives an "
+                             "image-caption set instead: remove one of them")
+        return self
 
 
 def check_clip_model(name: str) -> str:

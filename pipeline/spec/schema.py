@@ -123,6 +123,7 @@ class Spec(Strict):
                 check_options(data, train)
             except PipelineError as exc:
                 raise ValueError(f"models[{entry.id or entry.name}]: {exc}") from None
+        self.clip_data()  # clip.data's errors
         if "ensemble" in self.stages and (own := [e.id or e.name for e in self.models if e.data]):
             raise ValueError(f"models[{own[0]}].data: the ensemble stage averages its members' probabilities on one "
                              "test set, and this model has a data set of its own: remove the ensemble stage, or the "
@@ -160,6 +161,15 @@ class Spec(Strict):
             return DataConfig.model_validate({**self.data.model_dump(exclude_unset=True), **entry.data})
         except ValidationError as exc:
             raise ValueError(f"models[{entry.id or entry.name}].data: {_first_error(exc)}") from None
+
+    def clip_data(self) -> DataConfig:
+        """The data the CLIP pretraining learns from: the data section with `clip.data` applied."""
+        if self.clip is None or not self.clip.data:
+            return self.data
+        try:
+            return DataConfig.model_validate({**self.data.model_dump(exclude_unset=True), **self.clip.data})
+        except ValidationError as exc:
+            raise ValueError(f"clip.data: {_first_error(exc)}") from None
 
     def train_config(self, entry: ModelEntry) -> TrainConfig:
         """The train section with the model's own overrides applied."""

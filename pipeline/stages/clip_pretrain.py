@@ -29,6 +29,8 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
 
     spec = context.spec
     captions = spec.clip.captions
+    data_config = spec.clip_data()
+    splits = context.splits(data_config)
     train_templates, eval_templates = captions.templates()
     if captions.path:
         pairs = pairs_from_dataset(captions.path, captions.split, captions.image_column, captions.text_column,
@@ -40,17 +42,17 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
         heldout = pairs.subset(order[:n_held])
         classes = []
     else:
-        if context.data is None:
+        if splits is None:
             raise PipelineError("captions from class labels need an in-memory data set: set data.streaming: false "
                                 "or give clip.captions.path")
         descriptions = {**BUILTIN_DESCRIPTIONS.get(spec.data.name, {}), **captions.descriptions}
-        unknown = sorted(set(captions.descriptions) - set(context.data.classes))
+        unknown = sorted(set(captions.descriptions) - set(splits.classes))
         if unknown:
             raise PipelineError(f"clip.captions.descriptions: no class named {', '.join(map(repr, unknown))} in "
-                                f"{spec.data.name} (classes: {', '.join(context.data.classes)})")
-        train = pairs_from_labels(context.data.train, train_templates, descriptions)
-        heldout = train.with_images(context.data.val.images, context.data.val.labels)
-        classes = context.data.classes
+                                f"{spec.data.name} (classes: {', '.join(splits.classes)})")
+        train = pairs_from_labels(splits.train, train_templates, descriptions)
+        heldout = train.with_images(splits.val.images, splits.val.labels)
+        classes = splits.classes
     if len(train) < 2:
         raise PipelineError(f"contrastive pretraining needs at least 2 training pairs, got {len(train)}")
     data = PairData(train, heldout, tokenizer(train.captions), classes, eval_templates)
@@ -59,7 +61,9 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
 
 def clip_identity(spec) -> dict[str, Any]:
     captions = spec.clip.captions
-    return {"clip": spec.clip.model_dump(mode="json", exclude={"zero_shot"}), "data": data_fingerprint(spec.data),
+    # clip.data is in the key as the data it makes (the fingerprint), not as written
+    return {"clip": spec.clip.model_dump(mode="json", exclude={"zero_shot", "data"}),
+            "data": data_fingerprint(spec.clip_data()),
             "captions_source": data_fingerprint(spec.data.model_copy(update={"name": "huggingface",
                                                                              "path": captions.path}))
             if captions.path else None, "world_size": spec.resources.num_workers}
