@@ -150,3 +150,33 @@ def test_the_relay_hands_on_each_senders_events_in_the_order_sent(ray_cluster):
                 relay.queue.put({"kind": sender, "n": seq, "sender": sender, "seq": seq})
     assert [n for kind, n in handled if kind == "a"] == [0, 1, 2]
     assert [n for kind, n in handled if kind == "b"] == [0, 2, 3]
+
+
+def settings_loop(config: TinyConfig) -> None:
+    from pipeline.engine.cluster import LOCAL_TRAIN_SETTINGS
+    from pipeline.training.harness import Events
+
+    Events(config)("settings", values={name: os.environ.get(name, "unset") for name in LOCAL_TRAIN_SETTINGS})
+
+
+def test_a_train_run_on_this_machine_starts_no_preemption_watcher_and_its_workers_get_the_local_settings(
+        ray_cluster, tmp_path):
+    """On a cluster of this machine the Train controller polls its workers every 0.25 s, not Ray's 2 s, and no
+    preemption watcher starts with a run (an actor of its own, for spot instances this machine has none of)."""
+    from ray.util.state import list_actors
+
+    from pipeline.engine.cluster import LOCAL_TRAIN_SETTINGS
+    from pipeline.training.harness import fit
+
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    events: list[dict] = []
+    result = fit(settings_loop, TinyConfig(marker="settings"), ResourcesConfig(num_workers=1, cpus_per_worker=1,
+                 max_failures=0), str(tmp_path), "settings", on_event=events.append)
+    assert result.error is None
+    assert [e["values"] for e in events if e["kind"] == "settings"] == [
+        {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}]
+    assert set(LOCAL_TRAIN_SETTINGS) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
+    classes = {actor.class_name for actor in list_actors(ray_cluster.get_runtime_context().gcs_address, limit=10_000,
+                                                         raise_on_missing_output=False)}
+    assert "RayTrainWorker" in classes and "TrainController" in classes  # the listing sees this run's actors
+    assert "PreemptionWatcher" not in classes

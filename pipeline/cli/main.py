@@ -29,6 +29,11 @@ def main() -> None:
 
         sys.stderr.write(redact(traceback.format_exc()))
         sys.exit(1)
+    finally:
+        # Left to the interpreter's exit, Ray's shutdown first waits half a second for late log lines of workers
+        # whose logs this command does not show.
+        if (ray := sys.modules.get("ray")) is not None and ray.is_initialized():
+            ray.shutdown()
 
 
 if __name__ == "__main__":

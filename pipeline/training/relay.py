@@ -11,6 +11,9 @@ from queue import Empty
 from typing import Callable
 
 
+STOP = {"kind": "relay-stop"}  # put by the relay's own process once the run has ended: the reader stops waiting
+
+
 class Relay:
     """A Ray queue the workers put events into, and a thread that passes each to `handle`."""
 
@@ -36,6 +39,10 @@ class Relay:
         if self.queue is None:
             return
         self._stop.set()
+        try:
+            self.queue.put_nowait(STOP)
+        except Exception:  # the queue actor is gone: the thread stops on its own
+            pass
         # The thread is the queue's only reader, to the last event, so events are handled in the order sent
         # (a second reader draining beside it could pass a later event before the one the thread holds).
         self._thread.join(timeout=60)
@@ -44,7 +51,9 @@ class Relay:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._pass(self.queue.get(timeout=0.5))
+                if (event := self.queue.get(timeout=0.5)) == STOP:
+                    break
+                self._pass(event)
             except Empty:
                 continue
             except Exception:  # the queue actor is gone: the run is ending
@@ -54,7 +63,8 @@ class Relay:
     def _drain(self) -> None:
         try:
             while not self.queue.empty():
-                self._pass(self.queue.get_nowait())
+                if (event := self.queue.get_nowait()) != STOP:
+                    self._pass(event)
         except Exception:
             pass
         for sender, held in self._held.items():  # one never arrived (its sender died): pass on the rest
