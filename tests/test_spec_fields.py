@@ -131,6 +131,7 @@ CHANGES = {
     "clip.model": ("unit", CLIP, "clip-rn-32", {}),
     "clip.pretrained": ("unit", CLIP, "weights.pt", {}),
     "clip.model_kwargs": ("unit", CLIP, {"init_logit_bias": 0.0}, {}),
+    "clip.data": ("unit", CLIP, {"classes": [0, 1]}, {}),
     "clip.captions.limit": ("unit", CLIP, 10, {}),
     "clip.captions.descriptions": ("unit", CLIP, {"class0": ["zero"]}, {}),
     "clip.captions.train_templates": ("unit", CLIP, ["a {}"], {}),
