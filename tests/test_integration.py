@@ -105,7 +105,7 @@ def test_streamed_data_set_trains_through_the_same_loop(ray_cluster, workdir):
                     "image_size": 8, "val_fraction": 0.2}
     tree["models"] = ["lenet5"]
     tree["stages"] = ["train"]
-    tree["train"].update(epochs=6, lr=0.05)  # the stream's order varies from run to run: enough epochs to learn
+    tree["train"].update(epochs=10, lr=0.05)  # the stream's order varies from run to run: enough epochs to learn
     tree["resources"]["cpus_per_worker"] = 0.5  # Ray Data's decode tasks take the cluster's other CPU
     spec = parse_spec(tree)
     context = workflow.run(spec, Console(file=open(os.devnull, "w")))
@@ -114,12 +114,12 @@ def test_streamed_data_set_trains_through_the_same_loop(ray_cluster, workdir):
     run = client.get_run(context.outputs["train"]["lenet5"]["run_id"])
     metrics = run.data.metrics
     assert 0 <= metrics["data_wait_frac"] <= 1
-    assert metrics["epochs"] == 6 and metrics["val_loss"] > 0
+    assert metrics["epochs"] == 10 and metrics["val_loss"] > 0
     assert run.data.tags["dataset"] == "huggingface"
     # It learned from the stream: well above chance (33%) on the held-out test shards.
     assert metrics["top1"] > 70 and metrics["val_top1"] > 70, metrics
     # A validation point per epoch, from 48 held-out records (240 training records, every 5th).
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_top1")) == [1, 2, 3, 4, 5, 6]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_top1")) == list(range(1, 11))
     # The run's LoggedModel carries the same test and validation figures, linked to their data sets.
     model = client.get_logged_model(model_of_run(client, run.info.run_id))
     linked = {m.key: m for m in model.metrics}
