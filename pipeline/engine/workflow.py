@@ -67,7 +67,7 @@ def preflight_data(context: RunContext) -> None:
 
     spec = context.spec
     configs = [spec.data] + [spec.data_config(entry) for entry in spec.models if entry.data] + \
-        ([spec.clip_data()] if spec.clip is not None and spec.clip.data else [])
+        ([spec.clip_data()] if spec.clip is not None else [])  # loaded once per distinct config (RunContext.splits)
     for data in configs:  # a model's own data (a subset of the classes, labels per class), the CLIP pretraining's
         if not is_streaming(data):
             context.splits(data)

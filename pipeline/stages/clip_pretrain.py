@@ -29,8 +29,6 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
 
     spec = context.spec
     captions = spec.clip.captions
-    data_config = spec.clip_data()
-    splits = context.splits(data_config)
     train_templates, eval_templates = captions.templates()
     if captions.path:
         pairs = pairs_from_dataset(captions.path, captions.split, captions.image_column, captions.text_column,
@@ -42,7 +40,7 @@ def build_pairs(context: RunContext, tokenizer, image_size: int):
         heldout = pairs.subset(order[:n_held])
         classes = []
     else:
-        if splits is None:
+        if (splits := context.splits(spec.clip_data())) is None:
             raise PipelineError("captions from class labels need an in-memory data set: set data.streaming: false "
                                 "or give clip.captions.path")
         descriptions = {**BUILTIN_DESCRIPTIONS.get(spec.data.name, {}), **captions.descriptions}
