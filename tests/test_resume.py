@@ -162,13 +162,18 @@ def settings_loop(config: TinyConfig) -> None:
 def test_a_train_run_on_this_machine_starts_no_preemption_watcher_and_its_workers_get_the_local_settings(
         ray_cluster, tmp_path):
     """On a cluster of this machine the Train controller polls its workers every 0.25 s, not Ray's 2 s, and no
-    preemption watcher starts with a run (an actor of its own, for spot instances this machine has none of)."""
+    preemption watcher starts with a run (an actor of its own, for spot instances this machine has none of). No
+    run hands Ray Train data sets, so none starts Ray Train's dataset manager either."""
     from ray.util.state import list_actors
 
     from pipeline.engine.cluster import LOCAL_TRAIN_SETTINGS
     from pipeline.training.harness import fit
 
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    address = ray_cluster.get_runtime_context().gcs_address
+    actors = lambda: {a.actor_id: a.class_name  # noqa: E731
+                      for a in list_actors(address, limit=10_000, raise_on_missing_output=False)}
+    before = actors()
     events: list[dict] = []
     result = fit(settings_loop, TinyConfig(marker="settings"), ResourcesConfig(num_workers=1, cpus_per_worker=1,
                  max_failures=0), str(tmp_path), "settings", on_event=events.append)
@@ -176,7 +181,6 @@ def test_a_train_run_on_this_machine_starts_no_preemption_watcher_and_its_worker
     assert [e["values"] for e in events if e["kind"] == "settings"] == [
         {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}]
     assert set(LOCAL_TRAIN_SETTINGS) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"}
-    classes = {actor.class_name for actor in list_actors(ray_cluster.get_runtime_context().gcs_address, limit=10_000,
-                                                         raise_on_missing_output=False)}
-    assert "RayTrainWorker" in classes and "TrainController" in classes  # the listing sees this run's actors
-    assert "PreemptionWatcher" not in classes
+    classes = {name for actor_id, name in actors().items() if actor_id not in before}  # this run's actors
+    assert "RayTrainWorker" in classes and "TrainController" in classes  # the listing sees them
+    assert "PreemptionWatcher" not in classes and "DatasetManager" not in classes

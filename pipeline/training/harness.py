@@ -228,9 +228,9 @@ def fit(loop, config, resources, storage_path: str, run_name: str, on_event=None
     import shutil
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from pipeline.training.relay import Relay
+    from pipeline.training.trainer import Trainer
 
     start = staging = None
     if "://" not in storage_path:  # a local (or mounted shared) folder: its checkpoints can be read here
@@ -242,7 +242,7 @@ def fit(loop, config, resources, storage_path: str, run_name: str, on_event=None
     per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker} if use_gpu else {})}
     try:
         with Relay(on_event) as relay:
-            trainer = TorchTrainer(
+            trainer = Trainer(
                 loop,
                 train_loop_config=dataclasses.replace(config, progress=relay.queue, resume_from=start,
                                                       staging=staging and str(staging)),
