@@ -6,6 +6,7 @@ import logging
 import os
 
 from pipeline.engine.net import free_port, http_answers, wait_for
+from pipeline.engine.processes import stop_process_groups
 
 # Ray Train's settings for a cluster on this machine, where they differ from Ray's defaults (a user's own value
 # wins). Its controller polls the workers every 2 s, so a run that has ended waits up to 2 s more before its
@@ -138,18 +139,7 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         import shutil
-        import signal
-        import subprocess
 
-        for process in reversed(self.processes):  # our own process groups only
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_process_groups([(process.pid, process) for process in reversed(self.processes)])  # ours only
         for index in range(len(self.nodes)):
             shutil.rmtree(f"{self.temp}n{index}", ignore_errors=True)

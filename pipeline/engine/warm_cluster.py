@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.engine.net import free_port, http_answers, wait_for
+from pipeline.engine.processes import stop_process_groups
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[2]  # the project whose code the cluster's workers import
@@ -153,27 +154,10 @@ def _discard(state: dict) -> None:
 
 
 def _stop_head(state: dict, head: subprocess.Popen | None = None) -> None:
-    """SIGTERM to the head's process group (`ray start` ends its Ray processes), SIGKILL to what is left after
-    5 s: `ray start --block` drains for up to 30 s, and an idle cluster has nothing to drain."""
+    """The head's process group stopped (`ray start` ends its Ray processes), and its temp folder removed."""
     import shutil
 
-    try:
-        os.killpg(state["head_pgid"], signal.SIGTERM)
-        if head is not None:  # our child: wait() reaps it (a zombie still counts as a member of its group)
-            try:
-                head.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        else:
-            deadline = time.time() + 5
-            while time.time() < deadline:
-                os.killpg(state["head_pgid"], 0)
-                time.sleep(0.2)
-        os.killpg(state["head_pgid"], signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if head is not None:
-        head.wait()
+    stop_process_groups([(state["head_pgid"], head)])
     shutil.rmtree(state.get("temp", ""), ignore_errors=True)
 
 
