@@ -72,25 +72,38 @@ print(f"test top-1 {100 * correct / len(splits.test):.2f}% after {time.time() - 
 '''
 
 
-def short_spec(model: str, epochs: int, limit_train: int, workers: int, folder: Path) -> dict:
+def short_spec(model: str, epochs: int, limit_train: int, workers: int, folder: Path, threads: int = 1) -> dict:
     return {"name": "startup-benchmark", "data": {"name": "fashion_mnist", "limit_train": limit_train,
                                                    "val_fraction": 0.0},
             "models": [model], "train": {"epochs": epochs, "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
                                           "weight_decay": 5e-4, "warmup_epochs": 0, "label_smoothing": 0.0},
-            "resources": {"num_workers": workers, "cpus_per_worker": 1, "threads_per_worker": 1, "max_failures": 0},
+            "resources": {"num_workers": workers, "cpus_per_worker": threads, "threads_per_worker": threads,
+                          "max_failures": 0},
             "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": "startup-benchmark",
                          "system_metrics": False},
             "storage_path": str(folder / "checkpoints"), "stages": ["train"]}
 
 
-def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
-    """(start, wall seconds, output) of a process, from its start to its exit."""
+def machine_busy_s() -> float | None:
+    """CPU-seconds this machine has spent busy since boot, all processes and cores together (Linux's /proc/stat);
+    None elsewhere. Ray's worker processes are not a command's children, so the command's own rusage misses them."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str, float | None]:
+    """(start, wall seconds, output, machine CPU-seconds busy meanwhile) of a process, from its start to its exit."""
+    busy = machine_busy_s()
     started = time.time()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.time() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()[-500:]}")
-    return started, wall, done.stdout
+    return started, wall, done.stdout, None if busy is None else machine_busy_s() - busy
 
 
 def pipeline_parts(uri: str, started: float, ended: float) -> dict[str, float]:
@@ -112,32 +125,35 @@ def pipeline_parts(uri: str, started: float, ended: float) -> dict[str, float]:
 
 
 def run_startup_benchmark(console: Console, model: str = "resnet18", epochs: int = 2, limit_train: int = 10000,
-                          workers: int = 2, repeats: int = 3) -> dict[str, float]:
+                          workers: int = 2, repeats: int = 3, threads: int = 1) -> dict[str, float]:
     project = Path(__file__).resolve().parents[2]
     folder = Path(tempfile.mkdtemp(prefix="startup-benchmark-"))
     spec_path = folder / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(short_spec(model, epochs, limit_train, workers, folder)))
+    spec_path.write_text(yaml.safe_dump(short_spec(model, epochs, limit_train, workers, folder, threads)))
     script = folder / "plain.py"
     script.write_text(PLAIN_SCRIPT)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    console.print(f"{model}, {epochs} epochs on {limit_train:,} Fashion-MNIST images, {workers} worker(s) x 1 "
-                  f"thread against one process with {workers} threads; {repeats} alternated repeats")
+    console.print(f"{model}, {epochs} epochs on {limit_train:,} Fashion-MNIST images, {workers} worker(s) x {threads} "
+                  f"thread(s) against one process with {workers * threads} threads; {repeats} alternated repeats")
     # Two ways to run the pipeline: a cluster of its own per command (no kept cluster), and joining the local
     # cluster kept between commands (pipeline/engine/warm_cluster.py), started before the first repeat.
     modes = {"pipeline run, a cluster of its own": {**os.environ, "PIPELINE_CLUSTER_IDLE_MINUTES": "0"},
              "pipeline run, kept cluster up": {**os.environ, "PIPELINE_CLUSTER_DIR": str(folder / "kept"),
                                                "PIPELINE_CLUSTER_IDLE_MINUTES": "30"}}
     kept = modes["pipeline run, kept cluster up"]
-    timed([sys.executable, "-m", "pipeline", "cluster", "start", "--cpus", str(workers)], project, kept)
+    timed([sys.executable, "-m", "pipeline", "cluster", "start", "--cpus", str(workers * threads)], project, kept)
     plain, walls, parts = [], {mode: [] for mode in modes}, {mode: [] for mode in modes}
+    busy = {mode: [] for mode in ("plain", *modes)}  # the machine's CPU-seconds while each process ran
     try:
         for _ in range(repeats):
-            _, wall, out = timed([sys.executable, str(script), str(spec_path)], project)
+            _, wall, out, cpu = timed([sys.executable, str(script), str(spec_path)], project)
             plain.append(wall)
+            busy["plain"].append(cpu)
             for mode, env in modes.items():
-                start, wall, _ = timed([sys.executable, "-m", "pipeline", "run", str(spec_path), "--rerun", "all"],
+                start, wall, _, cpu = timed([sys.executable, "-m", "pipeline", "run", str(spec_path), "--rerun", "all"],
                                        project, env)
                 walls[mode].append(wall)
+                busy[mode].append(cpu)
                 parts[mode].append(pipeline_parts(uri, start, start + wall))
     finally:
         timed([sys.executable, "-m", "pipeline", "cluster", "stop"], project, kept)
@@ -149,6 +165,11 @@ def run_startup_benchmark(console: Console, model: str = "resnet18", epochs: int
     table.add_row("wall s (min / median / max)", spread(plain), *(spread(walls[mode]) for mode in modes))
     for key in parts[next(iter(modes))][0]:
         table.add_row(f"  {key}", "", *(f"{statistics.median(p[key] for p in parts[mode]):.1f}" for mode in modes))
+    if None not in busy["plain"]:  # how much of the wall time the cores were busy, all processes together
+        cores = os.cpu_count() or 1
+        table.add_row(f"machine CPU-s busy (share of {cores} cores)",
+                      *(f"{statistics.median(b):.1f} ({statistics.median(b) / statistics.median(w) / cores:.0%})"
+                        for b, w in zip(busy.values(), (plain, *walls.values()))))
     console.print(table)
     result = {"plain_s": statistics.median(plain)}
     for label, mode in zip(("cold", "kept"), modes):

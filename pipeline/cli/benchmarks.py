@@ -98,11 +98,13 @@ def benchmark_workflow(size: int = typer.Option(1200, help="Synthetic images per
 @benchmark_app.command("startup")
 def benchmark_startup(model: str = "resnet18", epochs: int = typer.Option(2, min=1),
                       limit_train: int = typer.Option(10000, min=100, help="Fashion-MNIST training images."),
-                      workers: int = typer.Option(2, min=1, help="Ray Train workers (1 CPU thread each)."),
+                      workers: int = typer.Option(2, min=1, help="Ray Train workers."),
+                      threads: int = typer.Option(1, min=1, help="CPU threads per worker (and CPUs it holds); "
+                                                  "the plain script has workers x threads."),
                       repeats: int = typer.Option(3, min=1, help="Alternated runs of each.")) -> None:
     """A whole short run: `pipeline run` against a plain PyTorch script of the same work, process start to
     printed test accuracy, with the pipeline's fixed cost by part."""
     from pipeline.benchmarks.startup import run_startup_benchmark
 
     _quiet_mlflow(False)
-    run_startup_benchmark(console, model, epochs, limit_train, workers, repeats)
+    run_startup_benchmark(console, model, epochs, limit_train, workers, repeats, threads)
