@@ -1,7 +1,15 @@
 """The command as a user runs it: bad input ends in one line that names the problem, and writes nothing."""
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from conftest import ROOT, run_cli
+
+from pipeline.engine.net import free_port, http_answers, port_taken, wait_for
 
 GOOD = """name: t
 data: {name: synthetic}
@@ -87,3 +95,44 @@ def test_seeds_on_validate_status_and_the_dry_run(workdir):
         rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│ train/")}
         assert rows == {"train/source@seed0": "-", "train/source@seed1": "-", "train/tuned@seed0": "train/source@seed0",
                         "train/tuned@seed1": "train/source@seed1"}, out
+
+
+def _processes_with(fragment: str) -> list[str]:
+    """Command lines of the live processes that contain `fragment` (NUL-separated, as /proc holds them)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            continue
+        if fragment.encode() in text:
+            found.append(text.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def test_ctrl_c_stops_the_ui_with_one_line_and_leaves_no_server(workdir):
+    """Ctrl-C in the terminal reaches the whole foreground process group: `pipeline ui` stops its MLflow server,
+    says so in one line, prints no traceback, and frees the port; a second `pipeline ui` on a taken port is
+    refused in one line."""
+    port = free_port()
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port), "--tracking-uri", uri],
+                          cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)  # its own group, as a shell gives a foreground job
+    try:
+        wait_for(lambda: ui.poll() is not None or http_answers(f"http://127.0.0.1:{port}/health"), 120,
+                 "the MLflow UI")
+        assert ui.poll() is None, ui.stdout.read()
+        assert_one_line_error(run_cli("ui", "--port", str(port), "--tracking-uri", uri, cwd=workdir),
+                              f"port {port}", "already in use", "--port")
+        os.killpg(ui.pid, signal.SIGINT)
+        out, _ = ui.communicate(timeout=60)
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+    assert ui.returncode == 0, out
+    assert "Traceback" not in out and "CancelledError" not in out, out
+    assert "Stopped the MLflow UI" in out, out
+    assert not port_taken("127.0.0.1", port)
+    assert not _processes_with(f"--port\0{port}\0"), "an MLflow server outlived `pipeline ui`"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from typing import Optional
@@ -70,6 +71,9 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
        tracking_uri: Optional[str] = TrackingOption) -> None:
     """Serve the MLflow UI for the same tracking store; print where each experiment's models and latest
     workflow run are."""
+    from pipeline.engine import signals
+    from pipeline.engine.net import port_taken
+    from pipeline.engine.processes import stop_process_groups
     from pipeline.results.leaderboard import ui_url
     from pipeline.results.publish import ui_links
     from pipeline.tracking.store import redact, sqlite_path
@@ -80,6 +84,9 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
         for line in ui_links(uri, ui_url(uri), experiment):
             console.print(line, highlight=False, soft_wrap=True)
         return
+    if port_taken(host, port):
+        raise PipelineError(f"port {port} on {host} is already in use (another `pipeline ui`?): pass --port with "
+                            "a free one")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port), "--workers", "1"]
     if (db := sqlite_path(uri)) is not None:
@@ -88,10 +95,21 @@ def ui(port: int = typer.Option(5000, help="Port to serve on."), host: str = "12
     for line in ui_links(uri, f"http://{host}:{port}", experiment):
         console.print(line, highlight=False, soft_wrap=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The server runs in its own session so that Ctrl-C reaches only this command, which then stops it with
+    # SIGTERM: uvicorn shuts down cleanly on SIGTERM but prints a CancelledError traceback on SIGINT. SIGTERM or
+    # a hangup to this command stops the server the same way, so no server outlives its terminal.
+    server = None
     try:
-        subprocess.run(command, env=env, check=False)
+        with signals.raising_interrupted((*signals.SIGNALS, signal.SIGHUP)):
+            server = subprocess.Popen(command, env=env, start_new_session=True)
+            server.wait()
     except KeyboardInterrupt:
-        pass
+        if server is not None:
+            stop_process_groups([(server.pid, server)], grace=15)
+        console.print("Stopped the MLflow UI; the runs are unchanged. `pipeline ui` serves it again.")
+        return
+    if server.returncode != 0:
+        raise PipelineError(f"the MLflow UI stopped with exit code {server.returncode}: see its output above")
 
 
 @app.command()

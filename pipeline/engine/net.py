@@ -10,6 +10,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on (host, port), so a server started there would fail to bind."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+            return False
+        except OSError:
+            return True
+
+
 def wait_for(check, timeout: float, what: str) -> None:
     import time
 

@@ -24,14 +24,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextmanager
-def raising_interrupted():
-    """While the block runs, SIGINT and SIGTERM raise `Interrupted` in the main thread."""
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+def raising_interrupted(which: tuple[signal.Signals, ...] = SIGNALS):
+    """While the block runs, SIGINT and SIGTERM (or `which`) raise `Interrupted` in the main thread."""
+    previous = {sig: signal.getsignal(sig) for sig in which}
 
     def on_signal(signum, frame):
         raise Interrupted(signum)
 
-    for sig in SIGNALS:
+    for sig in which:
         signal.signal(sig, on_signal)
     try:
         yield
