@@ -110,10 +110,11 @@ def _processes_with(fragment: str) -> list[str]:
     return found
 
 
-def test_ctrl_c_stops_the_ui_with_one_line_and_leaves_no_server(workdir):
-    """Ctrl-C in the terminal reaches the whole foreground process group: `pipeline ui` stops its MLflow server,
-    says so in one line, prints no traceback, and frees the port; a second `pipeline ui` on a taken port is
-    refused in one line."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_ctrl_c_stops_the_ui_with_one_line_and_leaves_no_server(workdir, sig):
+    """Ctrl-C in the terminal (or its closing) reaches the whole foreground process group: `pipeline ui` stops its
+    MLflow server, says so in one line, prints no traceback, and frees the port; a second `pipeline ui` on a
+    taken port is refused in one line."""
     port = free_port()
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
@@ -126,7 +127,7 @@ def test_ctrl_c_stops_the_ui_with_one_line_and_leaves_no_server(workdir):
         assert ui.poll() is None, ui.stdout.read()
         assert_one_line_error(run_cli("ui", "--port", str(port), "--tracking-uri", uri, cwd=workdir),
                               f"port {port}", "already in use", "--port")
-        os.killpg(ui.pid, signal.SIGINT)
+        os.killpg(ui.pid, sig)
         out, _ = ui.communicate(timeout=60)
     finally:
         if ui.poll() is None:
