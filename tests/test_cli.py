@@ -117,9 +117,8 @@ def test_ctrl_c_stops_the_ui_with_one_line_and_leaves_no_server(workdir, sig):
     taken port is refused in one line."""
     port = free_port()
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     ui = subprocess.Popen([sys.executable, "-m", "pipeline", "ui", "--port", str(port), "--tracking-uri", uri],
-                          cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)  # its own group, as a shell gives a foreground job
     try:
         wait_for(lambda: ui.poll() is not None or http_answers(f"http://127.0.0.1:{port}/health"), 120,
