@@ -362,3 +362,27 @@ def test_a_recipe_over_seeds_shows_its_mean_spread_and_count_never_its_best_seed
     assert board.columns[board.columns.index("top1_err") + 1:board.columns.index("top1_err") + 3] == \
         ["top1_err_std", "runs"]
     assert "top1_err_std" in formats.to_csv(board).splitlines()[0]
+
+
+def test_a_narrow_terminal_shows_whole_columns_and_names_the_ones_left_out(store):
+    """In an 80-column terminal the table keeps the rank, the model and the errors whole, and says which columns
+    did not fit and how to see them, instead of shortening every cell to an ellipsis; a wide one shows all."""
+    from rich.console import Console
+
+    uri, tracker, experiment, bench = store
+    add_run(tracker, experiment, "vit_tiny_patch4_32", 14.39, val_top1_err=14.0)
+    add_run(tracker, experiment, "resnet20", 8.24, val_top1_err=8.02)
+    board = leaderboard.build(uri, bench)
+    narrow, wide = io.StringIO(), io.StringIO()
+    formats.show(board, "table", Console(file=narrow, width=80))
+    formats.show(board, "table", Console(file=wide, width=250))
+    table = [line for line in narrow.getvalue().splitlines() if line.startswith(("┃", "│"))]
+    assert table and all(len(line) <= 80 for line in table) and "…" not in "".join(table)
+    assert "vit_tiny_patch4_32" in narrow.getvalue() and "14.39" in narrow.getvalue()
+    header = table[0]
+    left_out = [c for c in board.columns if f" {c} " not in header]
+    assert left_out and "model" not in left_out and "top1_err" not in left_out
+    words = " ".join(narrow.getvalue().split())
+    assert f"{len(left_out)} column(s) left out to fit 80 characters ({', '.join(left_out)})" in words
+    assert f"pipeline leaderboard -e {bench} --format markdown" in words
+    assert "left out" not in wide.getvalue() and all(f" {c} " in wide.getvalue() for c in board.columns)

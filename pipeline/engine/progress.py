@@ -44,6 +44,10 @@ class WorkflowDisplay:
         if self._live:
             self._live.stop()
 
+    @property
+    def width(self) -> int:
+        return self.console.width
+
     def print(self, *objects, **kwargs) -> None:
         with self._lock:
             self.console.print(*objects, **kwargs)

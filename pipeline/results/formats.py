@@ -64,26 +64,46 @@ def to_markdown(board: Leaderboard, links: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_rich_table(board: Leaderboard):
+def to_rich_table(board: Leaderboard, width: int | None = None):
+    """The terminal table, and the columns left out of it: within `width` characters, the columns from the
+    right that do not fit are left out whole (rich would otherwise shorten every cell to an ellipsis)."""
     from rich.table import Table
 
     table = Table(title=f"Leaderboard: {board.experiment} (each model's run by validation, ranked by test top-1 error)")
+    ranked = [(rank, [_cell(c, _value(board, row, c)) for c in board.columns]) for rank, row in _ranked(board)]
+    shown = _fitting(["#", *board.columns], [[rank, *cells] for rank, cells in ranked], width) - 1
     table.add_column("#", justify="right")
-    columns = board.columns
-    for column in columns:
+    for column in board.columns[:shown]:
         table.add_column(column, justify="left" if column in ("model", "entry", "classes", "init", "kind", "diverged", "family",
                                                               "accelerator", "run_id", "sweep", "wise_ft") else "right")
-    for rank, row in _ranked(board):
-        cells = [_cell(c, _value(board, row, c)) for c in columns]
-        table.add_row(rank, *cells, style="dim" if rank == "ref" else None)
-    return table
+    for rank, cells in ranked:
+        table.add_row(rank, *cells[:shown], style="dim" if rank == "ref" else None)
+    return table, board.columns[shown:]
+
+
+def _fitting(headers: list[str], rows: list[list[str]], width: int | None) -> int:
+    """How many columns, from the left, fit in `width` characters with rich's borders and padding (3 per
+    column and 1); at least the first two (the rank and the model)."""
+    if width is None:
+        return len(headers)
+    used = 1
+    for count, header in enumerate(headers):
+        used += 3 + max([len(header), *(len(row[count]) for row in rows)])
+        if used > width and count >= 2:
+            return count
+    return len(headers)
 
 
 def show(board: Leaderboard, fmt: str, console) -> None:
     if fmt not in FORMATS:
         raise PipelineError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     if fmt == "table":
-        console.print(to_rich_table(board))
+        table, left_out = to_rich_table(board, console.width)
+        console.print(table)
+        if left_out:
+            console.print(f"{len(left_out)} column(s) left out to fit {console.width} characters "
+                          f"({', '.join(left_out)}): widen the terminal, or `pipeline leaderboard -e {board.experiment} "
+                          "--format markdown` shows them all")
         console.print(FOOTNOTE)
         if board.references:
             console.print("ref: the ILSVRC entries of these families (top-5 error on the challenge's test set, "
